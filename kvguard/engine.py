@@ -1,0 +1,303 @@
+"""The pipeline of ``kvguard check``: discover, prefilter, index, lint, cache.
+
+1. Text prefilter: a file that spells no KV-cache name and no layout declaration
+   cannot hold a finding (see ``lint/names.py``); it is decoded and skipped.
+2. stdlib ``ast`` scan: class facts for the project index, and whether the file can
+   hold a split (see ``lint/facts.py`` for why this is conservative).
+3. The project index is built from every file's facts.
+4. libcst (the engine of record: rules and positions) parses only the files that
+   stage 2 kept or that declare a layout the index finds divergent.
+Stages 2 and 4 run in worker processes when there is enough work to pay for them.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import pickle
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from kvguard import __version__
+from kvguard.cache import Entry, cache_file, content_hash, load, save
+from kvguard.config import Config
+from kvguard.files import SourceError, SourceFile, discover, read_source
+from kvguard.findings import FileError, Finding
+from kvguard.lint.facts import FileFacts, scan
+from kvguard.lint.index import ProjectIndex
+from kvguard.lint.names import KvNames
+from kvguard.suppression import ignores_file, is_suppressed, line_suppressions
+
+CACHE_VERSION = f"{__version__}-1"
+_PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Result:
+    findings: list[Finding] = field(default_factory=list)
+    errors: list[FileError] = field(default_factory=list)
+    files: int = 0
+    parsed: int = 0  # files that libcst parsed this run
+
+
+def kv_names(config: Config) -> KvNames:
+    return KvNames(config.kv_cache_names, config.kv_cache_list_names, config.splitter_names)
+
+
+def scan_source(text: str, display: str, names: KvNames) -> FileFacts:
+    """Stages 1 and 2 for one file. Raises SourceError for a syntax error."""
+    if ignores_file(text) or not names.mentioned_in(text):
+        return FileFacts((), False)
+    try:
+        tree = ast.parse(text, filename=display)
+    except SyntaxError as exc:
+        raise SourceError(
+            f"line {exc.lineno or 0}: syntax error: {exc.msg}; kvguard analyzes only valid Python"
+        ) from None
+    except (RecursionError, MemoryError, ValueError) as exc:
+        raise SourceError(f"cannot parse: {type(exc).__name__}: {exc}") from None
+    return scan(tree, display, names)
+
+
+def lint_source(
+    text: str, display: str, config: Config, index: ProjectIndex, severities: dict[str, str]
+) -> list[Finding]:
+    """Stage 4 for one file: libcst parse, rules, positions, suppressions."""
+    import libcst as cst
+    from libcst.metadata import MetadataWrapper, PositionProvider
+
+    from kvguard.lint.checker import collect
+    from kvguard.lint.rules import run_rules
+
+    try:
+        module = cst.parse_module(text)
+    except cst.ParserSyntaxError as exc:
+        raise SourceError(
+            f"line {exc.raw_line}: libcst cannot parse this file: {exc.message}"
+        ) from None
+    except RecursionError:
+        raise SourceError("cannot parse: nesting too deep for libcst") from None
+    wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
+    model = collect(wrapper.module, display, kv_names(config), index)
+    reports = run_rules(model, index)
+    if not reports:
+        return []
+    positions = wrapper.resolve(PositionProvider)
+    suppressions = line_suppressions(text)
+    findings = []
+    for node, code, message in reports:
+        span = positions[node]
+        line = span.start.line
+        if not config.enabled(code, display) or is_suppressed(suppressions, line, code):
+            continue
+        findings.append(
+            Finding(
+                path=display,
+                line=line,
+                column=span.start.column + 1,
+                end_line=span.end.line,
+                end_column=span.end.column + 1,
+                code=code,
+                severity=severities.get(code, "error"),
+                message=message,
+            )
+        )
+    return sorted(set(findings))
+
+
+# -- worker-side tasks (module level so that they pickle) -------------------------------
+
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker(state: bytes) -> None:
+    _WORKER.update(pickle.loads(state))
+
+
+def _scan_task(
+    item: tuple[str, str],
+) -> tuple[str, int, int, str, FileFacts | None, FileError | None, str | None]:
+    display, real = item
+    names: KvNames = _WORKER["names"]  # type: ignore[assignment]
+    try:
+        stat = os.stat(real)
+        data, text = read_source(real)
+    except SourceError as exc:
+        return real, 0, 0, "", None, FileError(display, str(exc)), None
+    except OSError as exc:
+        return real, 0, 0, "", None, FileError(display, f"cannot read: {exc.strerror or exc}"), None
+    digest = content_hash(data)
+    try:
+        facts = scan_source(text, display, names)
+    except SourceError as exc:
+        return (
+            real,
+            stat.st_mtime_ns,
+            stat.st_size,
+            digest,
+            None,
+            FileError(display, str(exc)),
+            None,
+        )
+    return (
+        real,
+        stat.st_mtime_ns,
+        stat.st_size,
+        digest,
+        facts,
+        None,
+        text if facts.candidate else None,
+    )
+
+
+def _lint_task(item: tuple[str, str, str]) -> tuple[str, list[Finding], FileError | None]:
+    display, real, text = item
+    if text is None:
+        try:
+            _, text = read_source(real)
+        except SourceError as exc:
+            return real, [], FileError(display, str(exc))
+    try:
+        findings = lint_source(
+            text,
+            display,
+            _WORKER["config"],  # type: ignore[arg-type]
+            _WORKER["index"],  # type: ignore[arg-type]
+            _WORKER["severities"],  # type: ignore[arg-type]
+        )
+    except SourceError as exc:
+        return real, [], FileError(display, str(exc))
+    return real, findings, None
+
+
+def _map(task: Callable, items: list, state: dict[str, object], jobs: int) -> Iterable:
+    if jobs <= 1 or len(items) < _PARALLEL_MIN:
+        _WORKER.clear()
+        _WORKER.update(state)
+        return map(task, items)
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    pool = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(pickle.dumps(state),),
+    )
+    chunk = max(1, len(items) // (jobs * 4))
+    return _closing(pool, pool.map(task, items, chunksize=chunk))
+
+
+def _closing(pool: ProcessPoolExecutor, results: Iterable) -> Iterable:
+    try:
+        yield from results
+    finally:
+        pool.shutdown()
+
+
+def index_key(facts: Iterable[FileFacts]) -> str:
+    payload = sorted(repr(c) for f in facts for c in f.classes)
+    return hashlib.sha256("\n".join(payload).encode()).hexdigest()[:16]
+
+
+def check(
+    paths: list[str],
+    config: Config,
+    *,
+    use_cache: bool = True,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+    severities: dict[str, str] | None = None,
+) -> Result:
+    jobs = jobs or os.cpu_count() or 1
+    sources, errors = discover(paths, config)
+    result = Result(errors=list(errors), files=len(sources))
+    names = kv_names(config)
+    cache_path = cache_file(CACHE_VERSION, config.digest(), paths) if use_cache else None
+    old = load(cache_path) if cache_path else {}
+    entries: dict[str, Entry] = {}
+    texts: dict[str, str] = {}
+    by_real: dict[str, SourceFile] = {s.real: s for s in sources}
+
+    todo = []
+    for source in sources:
+        entry = old.get(source.real)
+        if entry is not None:
+            try:
+                stat = os.stat(source.real)
+            except OSError:
+                entry = None
+            else:
+                if (stat.st_mtime_ns, stat.st_size) != (entry.mtime_ns, entry.size):
+                    entry = None
+        if entry is None:
+            todo.append((source.display, source.real))
+        else:
+            entries[source.real] = entry
+    done = len(sources) - len(todo)
+    if progress:
+        progress(done, len(sources))
+    for real, mtime, size, digest, facts, error, text in _map(
+        _scan_task, todo, {"names": names}, jobs
+    ):
+        previous = old.get(real)
+        if previous is not None and previous.content_hash == digest and digest:
+            previous.mtime_ns, previous.size = mtime, size
+            entries[real] = previous
+        else:
+            entries[real] = Entry(mtime, size, digest, facts, error)
+        if text is not None:
+            texts[real] = text
+        done += 1
+        if progress:
+            progress(done, len(sources))
+
+    index = ProjectIndex.build(c for e in entries.values() if e.facts for c in e.facts.classes)
+    key = index_key(e.facts for e in entries.values() if e.facts)
+    divergent = {d.backend.path for d in index.divergences()}
+    if severities is None:
+        from kvguard.catalog import load_catalog
+
+        severities = {code: rule.severity for code, rule in load_catalog(config.rule_dirs).items()}
+
+    lint_todo = []
+    for real, entry in entries.items():
+        display = by_real[real].display
+        if entry.error is not None or entry.facts is None:
+            continue
+        wanted = entry.facts.candidate or display in divergent
+        if not wanted:
+            entry.findings, entry.index_key = (), key
+        elif entry.findings is None or entry.index_key != key:
+            lint_todo.append((display, real, texts.get(real)))
+    state = {"config": config, "index": index, "severities": severities}
+    for real, findings, error in _map(_lint_task, lint_todo, state, jobs):
+        entry = entries[real]
+        entry.findings, entry.index_key = tuple(findings), key
+        if error is not None:
+            entry.error = error
+        result.parsed += 1
+
+    for real, entry in entries.items():
+        if entry.error is not None:
+            result.errors.append(entry.error)
+        elif entry.findings:
+            display = by_real[real].display
+            result.findings.extend(
+                f if f.path == display else _relocate(f, display) for f in entry.findings
+            )
+    if cache_path is not None:
+        save(cache_path, entries)
+    result.findings.sort()
+    result.errors.sort()
+    return result
+
+
+def _relocate(finding: Finding, display: str) -> Finding:
+    from dataclasses import replace
+
+    return replace(finding, path=display)

@@ -1,0 +1,1 @@
+"""The static analyzer: a cheap conservative prefilter, a project index, libcst rules."""

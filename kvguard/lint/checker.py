@@ -1,0 +1,276 @@
+"""Run every enabled rule over one file's libcst tree.
+
+One walk per file collects the splits (with the class and function they sit in) and
+the classes; the rules then judge those facts with the project index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import libcst as cst
+from libcst.metadata import CodeRange
+
+from kvguard.lint.facts import ClassFacts
+from kvguard.lint.index import ProjectIndex
+from kvguard.lint.names import KvNames
+from kvguard.lint.receivers import (
+    STATE_WORDS,
+    Context,
+    Kind,
+    Receiver,
+    Split,
+    classify,
+    split_of,
+    unpack_split,
+)
+
+_STATE_CLASS_WORDS = ("Mamba", "ShortConv", "LinearAttention", "GatedDeltaNet", "GDN", "SSM")
+_MLA_WORDS = ("MLA", "Mla")
+
+
+@dataclass
+class SplitSite:
+    split: Split
+    class_name: str | None
+    function: str | None
+    in_splitter: bool
+    targets: tuple[str, ...]
+
+
+@dataclass
+class FileModel:
+    """What the rules see of one file."""
+
+    path: str
+    module: cst.Module
+    sites: list[SplitSite] = field(default_factory=list)
+    classes: dict[str, cst.ClassDef] = field(default_factory=dict)
+    positions: Callable[[cst.CSTNode], CodeRange] | None = None
+
+
+def _target_names(node: cst.BaseAssignTargetExpression | cst.BaseExpression) -> list[str]:
+    if isinstance(node, cst.Name):
+        return [node.value]
+    if isinstance(node, (cst.Tuple, cst.List)):
+        return [n for e in node.elements for n in _target_names(e.value)]
+    if isinstance(node, cst.StarredElement):
+        return _target_names(node.value)
+    return []
+
+
+class _FunctionScan(cst.CSTVisitor):
+    """Collect assignments and split candidates of one outermost function (or module rest)."""
+
+    def __init__(self) -> None:
+        self.assigns: list[tuple[list[str], cst.BaseExpression, cst.CSTNode]] = []
+        self.nodes: list[cst.CSTNode] = []
+        self.returns: list[cst.Return] = []
+        self.unpacks: list[cst.Assign] = []
+
+    def visit_Assign(self, node: cst.Assign) -> None:
+        names = [n for t in node.targets for n in _target_names(t.target)]
+        self.assigns.append((names, node.value, node))
+        if isinstance(node.targets[0].target, (cst.Tuple, cst.List)):
+            self.unpacks.append(node)
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+        if node.value is not None:
+            self.assigns.append((_target_names(node.target), node.value, node))
+
+    def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
+        self.assigns.append((_target_names(node.target), node.value, node))
+
+    def visit_Subscript(self, node: cst.Subscript) -> None:
+        self.nodes.append(node)
+
+    def visit_Call(self, node: cst.Call) -> None:
+        self.nodes.append(node)
+
+    def visit_Return(self, node: cst.Return) -> None:
+        self.returns.append(node)
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        return True
+
+
+def _aliases(scan: _FunctionScan, ctx: Context) -> dict[str, Receiver]:
+    """Names bound (flow-insensitively) to a cache, a list of caches or a view of one."""
+    aliases: dict[str, Receiver] = {}
+    for _ in range(8):  # chains of aliases are short; 8 rounds reach a fixed point in practice
+        ctx.aliases = aliases
+        changed = False
+        for names, value, _node in scan.assigns:
+            if len(names) != 1:
+                continue
+            name = names[0]
+            selecting = ctx.names.is_cache(name)
+            receiver = classify(value, ctx, selecting=selecting)
+            if receiver is None:
+                continue
+            old = aliases.get(name)
+            if old is not None:
+                receiver = Receiver(
+                    old.kind,
+                    old.root,
+                    old.moves,
+                    old.reshaped or receiver.reshaped or old.moves != receiver.moves,
+                )
+            if aliases.get(name) != receiver:
+                aliases[name] = receiver
+                changed = True
+        if not changed:
+            break
+    ctx.aliases = aliases
+    return aliases
+
+
+class Collector:
+    def __init__(self, names: KvNames, index: ProjectIndex, path: str) -> None:
+        self.names = names
+        self.index = index
+        self.path = path
+        self.in_state_tree = "mamba" in path.replace("\\", "/").split("/")
+
+    def class_context(self, cls: cst.ClassDef | None) -> tuple[bool, bool, Kind | None]:
+        """(state context, MLA context, what self.kv_cache holds) for code in this class."""
+        if cls is None:
+            return self.in_state_tree, False, None
+        facts = self.index.lookup(cls.name.value, near=self.path)
+        lineage = (
+            [n for c in self.index.mro(facts) for n in (c.name, *c.bases)]
+            if facts
+            else [cls.name.value]
+        )
+        state = self.in_state_tree or any(w in n for n in lineage for w in _STATE_CLASS_WORDS)
+        mla = any(w in n for n in lineage for w in _MLA_WORDS)
+        if facts is not None:
+            layout = self.index.impl_layout(facts.name, self.path)
+            if (
+                layout is not None
+                and layout[1].shapes
+                and all(s.kv_axis is None and not s.packed for s in layout[1].shapes)
+            ):
+                mla = True
+        self_kind = None
+        if facts is not None and any(c.state_kv_cache for c in self.index.mro(facts)):
+            self_kind = Kind.STATE
+        return state, mla, self_kind
+
+    def unit(
+        self,
+        body: cst.CSTNode,
+        cls: cst.ClassDef | None,
+        function: str | None,
+        params: list[str],
+    ) -> list[SplitSite]:
+        state, mla, self_kind = self.class_context(cls)
+        if mla:
+            return []
+        ctx = Context(self.names, state_context=state, self_kv_cache=self_kind)
+        scan = _FunctionScan()
+        body.visit(scan)
+        _aliases(scan, ctx)
+        splits: list[tuple[Split, tuple[str, ...]]] = []
+        targets_of: dict[int, tuple[str, ...]] = {}
+        for names, value, _node in scan.assigns:
+            targets_of[id(value)] = tuple(names)
+        seen: set[int] = set()
+        for node in scan.nodes:
+            split = split_of(node, ctx)
+            if split is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            splits.append((split, targets_of.get(id(node), ())))
+        for assign in scan.unpacks:
+            split = unpack_split(assign, ctx)
+            if split is not None:
+                splits.append(
+                    (split, tuple(n for t in assign.targets for n in _target_names(t.target)))
+                )
+        splits = [
+            (s, t)
+            for s, t in splits
+            if not (t and all(any(w in name for w in STATE_WORDS) for name in t))
+            and not (t and all(self.names.is_cache(name) for name in t))
+        ]
+        in_splitter = function is not None and (
+            self.names.is_splitter(function) or _is_structural_splitter(scan, splits, params, ctx)
+        )
+        class_name = cls.name.value if cls is not None else None
+        return [SplitSite(s, class_name, function, in_splitter, t) for s, t in splits]
+
+
+def _is_structural_splitter(
+    scan: _FunctionScan,
+    splits: list[tuple[Split, tuple[str, ...]]],
+    params: list[str],
+    ctx: Context,
+) -> bool:
+    """A function whose job is to take a cache and return its K and V views.
+
+    It takes a cache parameter, and each of its returns hands back a split of a cache,
+    or a pair of names/expressions that it bound to splits of a cache.
+    """
+    if not scan.returns or not any(
+        (r := classify(cst.Name(p), ctx)) is not None and r.kind is Kind.CACHE for p in params
+    ):
+        return False
+    split_nodes = {id(s.node) for s, _ in splits}
+    split_names = {name for s, targets in splits for name in targets}
+    for ret in scan.returns:
+        value = ret.value
+        if value is None:
+            return False
+        if id(value) in split_nodes:
+            continue
+        if isinstance(value, (cst.Tuple, cst.List)) and len(value.elements) == 2:
+            ok = all(
+                id(e.value) in split_nodes
+                or (isinstance(e.value, cst.Name) and e.value.value in split_names)
+                for e in value.elements
+            )
+            if ok:
+                continue
+        return False
+    return True
+
+
+class _Walker(cst.CSTVisitor):
+    def __init__(self, collector: Collector, model: FileModel) -> None:
+        self.collector = collector
+        self.model = model
+        self.class_stack: list[cst.ClassDef] = []
+        self.depth = 0  # function nesting
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        self.model.classes.setdefault(node.name.value, node)
+        self.class_stack.append(node)
+
+    def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
+        self.class_stack.pop()
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        params = [
+            p.name.value
+            for p in (*node.params.posonly_params, *node.params.params, *node.params.kwonly_params)
+        ]
+        cls = self.class_stack[-1] if self.class_stack else None
+        self.model.sites.extend(self.collector.unit(node.body, cls, node.name.value, params))
+        return False  # nested functions belong to this unit
+
+
+def collect(module: cst.Module, path: str, names: KvNames, index: ProjectIndex) -> FileModel:
+    model = FileModel(path=path, module=module)
+    collector = Collector(names, index, path)
+    walker = _Walker(collector, model)
+    module.visit(walker)
+    rest = [stmt for stmt in module.body if not isinstance(stmt, (cst.FunctionDef, cst.ClassDef))]
+    if rest:
+        model.sites.extend(collector.unit(module.with_changes(body=rest), None, None, []))
+    return model
+
+
+def class_facts_for(index: ProjectIndex, name: str | None, path: str) -> ClassFacts | None:
+    return index.lookup(name, near=path) if name else None

@@ -1,0 +1,119 @@
+"""The project index: every class seen in the checked tree, its bases and declared layout.
+
+Rules that need more than one file (KVG002, KVG003) ask it which backend an impl class
+belongs to and which layout that backend, or one of its bases, declares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from kvguard.lint.facts import ClassFacts
+from kvguard.lint.layouts import LayoutDecl
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """A backend whose physical K/V arrangement differs from a base backend's (KVG003)."""
+
+    backend: ClassFacts
+    base: ClassFacts
+    backend_layout: LayoutDecl
+    base_layout: LayoutDecl
+
+
+@dataclass
+class ProjectIndex:
+    by_name: dict[str, list[ClassFacts]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, classes: Iterable[ClassFacts]) -> ProjectIndex:
+        index = cls()
+        for facts in classes:
+            index.by_name.setdefault(facts.name, []).append(facts)
+        return index
+
+    def lookup(self, name: str, near: str = "") -> ClassFacts | None:
+        """The class of that name, preferring one defined in the file ``near``."""
+        found = self.by_name.get(name)
+        if not found:
+            return None
+        return next((c for c in found if c.path == near), found[0])
+
+    def mro(self, facts: ClassFacts) -> Iterator[ClassFacts]:
+        """The class and its known bases, depth first, each once."""
+        seen: set[tuple[str, str]] = set()
+        stack = [facts]
+        while stack:
+            current = stack.pop(0)
+            key = (current.name, current.path)
+            if key in seen:
+                continue
+            seen.add(key)
+            yield current
+            stack.extend(
+                base
+                for name in current.bases
+                if (base := self.lookup(name, near=current.path)) is not None
+            )
+
+    def declared_layout(self, facts: ClassFacts) -> tuple[ClassFacts, LayoutDecl] | None:
+        """The nearest class in the MRO that declares a layout, with that layout."""
+        for current in self.mro(facts):
+            if not current.layout.empty:
+                return current, current.layout
+        return None
+
+    def supports_encoder_decoder(self, facts: ClassFacts) -> bool:
+        for current in self.mro(facts):
+            if current.supports_encoder_decoder is not None:
+                return current.supports_encoder_decoder
+        return False
+
+    def backends_of_impl(self, impl: ClassFacts) -> list[ClassFacts]:
+        """Backends whose get_impl_cls returns this impl class (directly or via a subclass)."""
+        return [
+            backend
+            for group in self.by_name.values()
+            for backend in group
+            if impl.name in backend.impl_names
+        ]
+
+    def impl_layout(self, impl_name: str, near: str) -> tuple[ClassFacts, LayoutDecl] | None:
+        """The layout of the backend that owns this impl class (or the impl's base impls)."""
+        impl = self.lookup(impl_name, near=near)
+        if impl is None:
+            return None
+        for current in self.mro(impl):
+            for backend in self.backends_of_impl(current):
+                declared = self.declared_layout(backend)
+                if declared is not None:
+                    return declared
+        return None
+
+    def impl_reconciles(self, backend: ClassFacts) -> bool:
+        for name in backend.impl_names:
+            impl = self.lookup(name, near=backend.path)
+            if impl is not None and any(c.reconciles_layouts for c in self.mro(impl)):
+                return True
+        return False
+
+    def divergences(self) -> Iterator[Divergence]:
+        """Backends that declare a layout disjoint from a base's and take ENCODER_DECODER."""
+        for group in self.by_name.values():
+            for backend in group:
+                if backend.layout.empty or not backend.impl_names:
+                    continue
+                mine = backend.layout.physical_arrangements()
+                if mine is None:
+                    continue
+                for base in list(self.mro(backend))[1:]:
+                    if base.layout.empty:
+                        continue
+                    theirs = base.layout.physical_arrangements()
+                    if theirs is None or mine & theirs:
+                        break
+                    if self.supports_encoder_decoder(backend) and not self.impl_reconciles(backend):
+                        yield Divergence(backend, base, backend.layout, base.layout)
+                    break

@@ -1,0 +1,169 @@
+"""Static model of the KV-cache layout that a backend class declares.
+
+Read from the stdlib ``ast`` of ``get_kv_cache_shape`` (the logical shape, vLLM 0.2x),
+``get_kv_cache_stride_order`` (its physical order) and ``supported_kv_cache_layouts``
+(vLLM 0.28+: ``KVCacheLayout`` members over a packed content dim).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ShapeDecl:
+    """One ``return (...)`` of get_kv_cache_shape."""
+
+    text: str
+    ndim: int
+    kv_axis: int | None  # logical axis of extent 2 that holds K and V
+    packed: bool  # K and V share the last dim (``2 * head_size``)
+
+    @property
+    def arrangement(self) -> str:
+        if self.packed:
+            return "packed (K|V in the last dim)"
+        if self.kv_axis == 0:
+            return "K/V-first"
+        if self.kv_axis == 1:
+            return "blocks-first"
+        if self.kv_axis is None:
+            return "no K/V axis"
+        return f"K/V on axis {self.kv_axis}"
+
+
+@dataclass(frozen=True)
+class LayoutDecl:
+    shapes: tuple[ShapeDecl, ...] = ()
+    stride_orders: tuple[tuple[int, ...], ...] = ()
+    stride_order_dynamic: bool = False
+    layouts: tuple[str, ...] = ()  # KVCacheLayout member names
+
+    @property
+    def empty(self) -> bool:
+        return not (self.shapes or self.layouts)
+
+    def physical_arrangements(self) -> frozenset[str] | None:
+        """K/V placement in memory, one entry per declared alternative; None if unknown."""
+        if self.layouts:
+            return frozenset(f"layout {name}" for name in self.layouts)
+        if not self.shapes or self.stride_order_dynamic:
+            return None
+        out = set()
+        for shape in self.shapes:
+            if shape.packed or shape.kv_axis is None:
+                out.add(shape.arrangement)
+                continue
+            orders = [o for o in self.stride_orders if len(o) == shape.ndim] or [
+                tuple(range(shape.ndim))
+            ]
+            for order in orders:
+                position = order.index(shape.kv_axis)
+                out.add("K/V-first" if position == 0 else f"K/V at physical axis {position}")
+        return frozenset(out)
+
+    def describe(self) -> str:
+        if self.layouts:
+            return "supported_kv_cache_layouts " + "/".join(self.layouts)
+        parts = [f"{s.arrangement} {s.text}" for s in self.shapes]
+        text = " or ".join(dict.fromkeys(parts))
+        if self.stride_orders and self.stride_orders != (tuple(range(self.shapes[0].ndim)),):
+            text += " with stride order " + " or ".join(map(str, self.stride_orders))
+        return text
+
+    def kv_axes(self) -> frozenset[int | str]:
+        """Logical axes a split may use on this backend's cache view ('content' if packed)."""
+        axes: set[int | str] = set()
+        for shape in self.shapes:
+            if shape.packed:
+                axes.add("content")
+            elif shape.kv_axis is not None:
+                axes.add(shape.kv_axis)
+        if self.layouts:
+            axes.add("content")
+        return frozenset(axes)
+
+    def ndims(self) -> frozenset[int]:
+        return frozenset(s.ndim for s in self.shapes) or (
+            frozenset({4}) if self.layouts else frozenset()
+        )
+
+
+def _is_two_times(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Mult)
+        and any(
+            isinstance(side, ast.Constant) and side.value == 2 for side in (node.left, node.right)
+        )
+    )
+
+
+def _tuple_value(node: ast.expr | None, assigned: dict[str, ast.expr]) -> ast.expr | None:
+    if isinstance(node, ast.Name) and node.id in assigned:
+        return assigned[node.id]
+    return node
+
+
+def shapes_of(func: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[ShapeDecl, ...]:
+    assigned = {
+        target.id: stmt.value
+        for stmt in ast.walk(func)
+        if isinstance(stmt, ast.Assign)
+        for target in stmt.targets
+        if isinstance(target, ast.Name)
+    }
+    shapes = []
+    for ret in ast.walk(func):
+        if not isinstance(ret, ast.Return):
+            continue
+        value = _tuple_value(ret.value, assigned)
+        if not isinstance(value, (ast.Tuple, ast.List)) or any(
+            isinstance(e, ast.Starred) for e in value.elts
+        ):
+            continue
+        elts = value.elts
+        twos = [i for i, e in enumerate(elts) if isinstance(e, ast.Constant) and e.value == 2]
+        packed = bool(elts) and _is_two_times(elts[-1])
+        shapes.append(
+            ShapeDecl(
+                text=ast.unparse(value),
+                ndim=len(elts),
+                kv_axis=twos[0] if len(twos) == 1 and not packed else None,
+                packed=packed,
+            )
+        )
+    return tuple(shapes)
+
+
+def stride_orders_of(
+    func: ast.FunctionDef | ast.AsyncFunctionDef,
+) -> tuple[tuple[tuple[int, ...], ...], bool]:
+    """Literal stride orders the method can return, and whether some return stays unknown.
+
+    vLLM often picks an order at run time (``(0, 1, 2, 3, 4) if layout == "NHD" else ...``):
+    every all-int tuple literal in the method then counts as one alternative.
+    """
+    orders = [
+        tuple(e.value for e in node.elts)  # type: ignore[attr-defined]
+        for node in ast.walk(func)
+        if isinstance(node, ast.Tuple)
+        and node.elts
+        and all(isinstance(e, ast.Constant) and type(e.value) is int for e in node.elts)
+        and sorted(e.value for e in node.elts) == list(range(len(node.elts)))  # type: ignore[attr-defined]
+    ]
+    has_return = any(isinstance(n, ast.Return) and n.value is not None for n in ast.walk(func))
+    return tuple(dict.fromkeys(orders)), has_return and not orders
+
+
+def layout_names_of(func: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, ...]:
+    names = []
+    for node in ast.walk(func):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "KVCacheLayout"
+        ):
+            names.append(node.attr)
+    return tuple(dict.fromkeys(names))

@@ -1,0 +1,81 @@
+"""Which identifiers denote a KV cache, a list of caches, or a sanctioned splitter.
+
+Patterns are shell-style globs over whole identifiers (``*`` and ``?`` only).
+Every KV-cache receiver that a rule can flag is, or is an alias of, an identifier
+that matches one of these patterns, which is what makes the text prefilter
+(``KvNames.mentioned_in``) conservative: a file that spells none of them can hold
+no KVG001/KVG002/KVG004 finding.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+# Method names whose presence means a file declares a backend's cache layout or
+# links a backend to its impl: such files feed the project index (KVG002/KVG003).
+LAYOUT_DECLARATIONS = (
+    "get_kv_cache_shape",
+    "get_kv_cache_stride_order",
+    "supported_kv_cache_layouts",
+    "get_impl_cls",
+)
+
+
+def glob_to_regex(pattern: str) -> str:
+    out = []
+    for char in pattern:
+        if char == "*":
+            out.append(r"\w*")
+        elif char == "?":
+            out.append(r"\w")
+        else:
+            out.append(re.escape(char))
+    return "".join(out)
+
+
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    if not patterns:
+        return re.compile(r"(?!x)x")
+    return re.compile("|".join(f"(?:{glob_to_regex(p)})" for p in patterns))
+
+
+@dataclass(frozen=True)
+class KvNames:
+    cache: tuple[str, ...]
+    cache_list: tuple[str, ...]
+    splitters: tuple[str, ...]
+
+    @cached_property
+    def _cache_re(self) -> re.Pattern[str]:
+        return _compile(self.cache)
+
+    @cached_property
+    def _list_re(self) -> re.Pattern[str]:
+        return _compile(self.cache_list)
+
+    @cached_property
+    def _splitter_re(self) -> re.Pattern[str]:
+        return _compile(self.splitters)
+
+    @cached_property
+    def _text_re(self) -> re.Pattern[str]:
+        words = "|".join(
+            f"(?:{glob_to_regex(p)})" for p in (*self.cache, *self.cache_list, *self.splitters)
+        )
+        decls = "|".join(LAYOUT_DECLARATIONS)
+        return re.compile(rf"(?<!\w)(?:{words}|{decls})(?!\w)")
+
+    def is_cache(self, name: str) -> bool:
+        return self._cache_re.fullmatch(name) is not None
+
+    def is_cache_list(self, name: str) -> bool:
+        return self._list_re.fullmatch(name) is not None
+
+    def is_splitter(self, name: str) -> bool:
+        return self._splitter_re.fullmatch(name) is not None
+
+    def mentioned_in(self, text: str) -> bool:
+        """True when the text holds a word that some rule could start from."""
+        return self._text_re.search(text) is not None

@@ -1,0 +1,237 @@
+"""What a libcst expression is to the rules: a KV cache, a list of caches, a split of one.
+
+A *receiver* is an expression that evaluates to one paged KV cache (or a view or a
+block-selection of it that keeps the K/V axis). A *split* applies a dim-order-assuming
+operation to a receiver and returns K, V or both.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+import libcst as cst
+
+from kvguard.lint.forms import DERIVING_METHODS, RESHAPING_METHODS, SPLIT_METHODS, VIEW_METHODS
+from kvguard.lint.names import KvNames
+
+# Target names that say a subscript picks a state, not K or V (Mamba/SSM/linear attention).
+STATE_WORDS = ("conv", "ssm", "state")
+
+
+class Kind(enum.Enum):
+    CACHE = "cache"
+    LIST = "list"  # a sequence of caches (per layer, per virtual engine)
+    STATE = "state"  # a tuple of recurrent states (Mamba, linear attention)
+
+
+@dataclass(frozen=True)
+class Receiver:
+    kind: Kind
+    root: str  # the identifier it starts from, for messages
+    # transposes/permutes applied since the cache was bound, as (method, literal int args)
+    moves: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    reshaped: bool = False  # a view changed the declared logical shape: axis unknown
+
+
+@dataclass(frozen=True)
+class Split:
+    node: cst.CSTNode
+    receiver: Receiver
+    form: str  # "unbind", "subscript", "unpack", ...
+    axis: int | str | None  # int (may be negative), "content" for a last-dim slice, None unknown
+    text: str = field(default="", compare=False)
+
+    def describe_axis(self) -> str:
+        if self.axis == "content":
+            return "K|V packed in the last dim"
+        if self.axis is None:
+            return "a fixed dim order"
+        return f"K/V on axis {self.axis}"
+
+
+@dataclass
+class Context:
+    """Where an expression sits: which names are aliases, which caches hold states."""
+
+    names: KvNames
+    aliases: dict[str, Receiver] = field(default_factory=dict)
+    state_context: bool = False  # Mamba/SSM code: kv_cache is a tuple of states
+    self_kv_cache: Kind | None = None  # what self.kv_cache holds in this class, if known
+
+
+def int_value(node: cst.BaseExpression) -> int | None:
+    if isinstance(node, cst.Integer):
+        return int(node.value, 0)
+    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus):
+        inner = int_value(node.expression)
+        return -inner if inner is not None else None
+    return None
+
+
+def _arg(call: cst.Call, position: int, keyword: str) -> cst.BaseExpression | None:
+    for arg in call.args:
+        if arg.keyword is not None and arg.keyword.value == keyword:
+            return arg.value
+    positional = [a for a in call.args if a.keyword is None and a.star == ""]
+    return positional[position].value if position < len(positional) else None
+
+
+def _mentions_head_or_half(node: cst.BaseExpression) -> bool:
+    for sub in _walk(node):
+        if isinstance(sub, cst.Name) and ("head" in sub.value or "dim" in sub.value):
+            return True
+        if isinstance(sub, cst.BinaryOperation) and isinstance(
+            sub.operator, (cst.FloorDivide, cst.Divide)
+        ):
+            if int_value(sub.right) == 2:
+                return True
+    return int_value(node) is not None
+
+
+def _walk(node: cst.CSTNode):
+    yield node
+    for child in node.children:
+        yield from _walk(child)
+
+
+def classify(expr: cst.BaseExpression, ctx: Context, selecting: bool = False) -> Receiver | None:
+    """The receiver an expression denotes, or None when it is no KV cache.
+
+    ``selecting`` is set when the caller knows a subscript of this expression picks one
+    cache out of a sequence (its result is assigned to a KV-cache-named variable).
+    """
+    names = ctx.names
+    if isinstance(expr, cst.Name):
+        if expr.value in ctx.aliases:
+            return ctx.aliases[expr.value]
+        if names.is_cache(expr.value):
+            return Receiver(Kind.STATE if ctx.state_context else Kind.CACHE, expr.value)
+        if names.is_cache_list(expr.value):
+            return Receiver(Kind.LIST, expr.value)
+        return None
+    if isinstance(expr, cst.Attribute):
+        attr = expr.attr.value
+        on_self = isinstance(expr.value, cst.Name) and expr.value.value == "self"
+        if names.is_cache(attr):
+            if on_self and ctx.self_kv_cache is not None and attr == "kv_cache":
+                return Receiver(ctx.self_kv_cache, attr)
+            return Receiver(Kind.STATE if ctx.state_context else Kind.CACHE, attr)
+        if names.is_cache_list(attr):
+            return Receiver(Kind.LIST, attr)
+        return None
+    if isinstance(expr, cst.Subscript):
+        base = classify(expr.value, ctx)
+        if base is None:
+            return None
+        if base.kind is Kind.LIST and len(expr.slice) == 1:
+            return Receiver(Kind.CACHE, base.root)
+        if base.kind is Kind.CACHE and (selecting or _is_selection(expr)):
+            return replace(base, reshaped=True)
+        return None
+    if isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute):
+        method = expr.func.attr.value
+        if method in VIEW_METHODS or method in DERIVING_METHODS:
+            base = classify(expr.func.value, ctx)
+            if base is None or base.kind is not Kind.CACHE:
+                return None
+            if method in ("transpose", "swapaxes", "swapdims", "permute", "movedim"):
+                args = tuple(int_value(a.value) for a in expr.args)
+                if all(a is not None for a in args):
+                    return replace(base, moves=(*base.moves, (method, args)))  # type: ignore[arg-type]
+                return replace(base, reshaped=True)
+            if method in RESHAPING_METHODS and expr.args:
+                return replace(base, reshaped=True)
+            return base
+    return None
+
+
+def _is_selection(sub: cst.Subscript) -> bool:
+    """``cache[block_ids]``/``cache[:, ids]``: picks blocks and keeps the other dims."""
+    elements = [e.slice for e in sub.slice]
+    for element in elements:
+        if isinstance(element, cst.Index):
+            if isinstance(element.value, cst.Ellipsis):
+                continue
+            return int_value(element.value) is None
+        if isinstance(element, cst.Slice):
+            if element.lower is None and element.upper is None:
+                continue
+            bounds = [b for b in (element.lower, element.upper) if b is not None]
+            return not any(_mentions_head_or_half(b) for b in bounds)
+    return False
+
+
+def split_of(node: cst.CSTNode, ctx: Context) -> Split | None:
+    """The split that ``node`` performs on a KV cache, if it is one."""
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+        method = node.func.attr.value
+        if method not in SPLIT_METHODS:
+            return None
+        owner = node.func.value
+        if isinstance(owner, cst.Name) and owner.value == "torch":
+            if not node.args:
+                return None
+            receiver_expr = node.args[0].value
+            call = node.with_changes(args=node.args[1:])
+        else:
+            receiver_expr, call = owner, node
+        receiver = classify(receiver_expr, ctx)
+        if receiver is None or receiver.kind is not Kind.CACHE:
+            return None
+        return Split(node, receiver, method, _call_axis(method, call))
+    if isinstance(node, cst.Subscript):
+        receiver = classify(node.value, ctx)
+        if receiver is None or receiver.kind is not Kind.CACHE or _is_selection(node):
+            return None
+        axis = _subscript_axis(node)
+        if axis is None:
+            return None
+        return Split(node, receiver, "subscript", axis)
+    return None
+
+
+def unpack_split(assign: cst.Assign, ctx: Context) -> Split | None:
+    """``k, v = kv_cache``: iterating a cache splits its first dim."""
+    if len(assign.targets) != 1 or not isinstance(assign.targets[0].target, (cst.Tuple, cst.List)):
+        return None
+    receiver = classify(assign.value, ctx)
+    if receiver is None or receiver.kind is not Kind.CACHE:
+        return None
+    if not all(isinstance(e.value, cst.Name) for e in assign.targets[0].target.elements):
+        return None
+    return Split(assign.value, receiver, "unpack", 0)
+
+
+def _call_axis(method: str, call: cst.Call) -> int | None:
+    if method == "unbind":
+        dim = _arg(call, 0, "dim")
+        return 0 if dim is None else int_value(dim)
+    if method in ("chunk", "split", "tensor_split", "split_with_sizes"):
+        dim = _arg(call, 1, "dim")
+        return 0 if dim is None else int_value(dim)
+    if method in ("select", "narrow"):
+        dim = _arg(call, 0, "dim")
+        return int_value(dim) if dim is not None else None
+    return None
+
+
+def _subscript_axis(sub: cst.Subscript) -> int | str | None:
+    elements = [e.slice for e in sub.slice]
+    after_ellipsis = False
+    for position, element in enumerate(elements):
+        if isinstance(element, cst.Index):
+            if isinstance(element.value, cst.Ellipsis):
+                after_ellipsis = True
+                continue
+            if int_value(element.value) is None:
+                return None
+            axis = position - len(elements) if after_ellipsis else position
+            return axis
+        if isinstance(element, cst.Slice):
+            if element.lower is None and element.upper is None:
+                continue
+            if after_ellipsis and position == len(elements) - 1:
+                return "content"
+            return position - len(elements) if after_ellipsis else position
+    return None

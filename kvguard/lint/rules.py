@@ -1,0 +1,157 @@
+"""The rules' judgements over a collected file model; each yields (node, code, message)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import libcst as cst
+
+from kvguard.lint.checker import FileModel, SplitSite
+from kvguard.lint.index import ProjectIndex
+from kvguard.lint.layouts import LayoutDecl
+
+Report = tuple[cst.CSTNode, str, str]
+
+_FIX_HINT = (
+    "route it through one splitter method (e.g. `key_cache, value_cache = "
+    "self._split_kv_cache(kv_cache)`) or `kvguard.runtime.split_kv_cache(kv_cache, layout)`"
+)
+
+
+def _code(module: cst.Module, node: cst.CSTNode) -> str:
+    text = module.code_for_node(node).strip()
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def raw_kv_split(model: FileModel) -> Iterator[Report]:
+    """KVG001: a split outside a sanctioned splitter."""
+    for site in model.sites:
+        if site.in_splitter:
+            continue
+        split = site.split
+        yield (
+            split.node,
+            "KVG001",
+            f"raw K/V split `{_code(model.module, split.node)}` assumes "
+            f"{split.describe_axis()} of `{split.receiver.root}`; {_FIX_HINT} so every layer "
+            "sharing the allocation agrees on the layout (vLLM #43945)",
+        )
+
+
+def _normalise(axis: int, layout: LayoutDecl) -> int | None:
+    if axis >= 0:
+        return axis
+    ndims = layout.ndims()
+    return axis + next(iter(ndims)) if len(ndims) == 1 else None
+
+
+def _effective_axis(site: SplitSite, layout: LayoutDecl) -> int | str | None:
+    """The split's axis in the declared logical shape, undoing literal transposes."""
+    axis = site.split.axis
+    if axis is None or site.split.receiver.reshaped:
+        return None
+    ndims = layout.ndims()
+    if axis == "content":
+        if len(ndims) != 1:
+            return None
+        axis = next(iter(ndims)) - 1
+    axis = _normalise(axis, layout)  # type: ignore[arg-type]
+    if axis is None:
+        return None
+    for method, args in reversed(site.split.receiver.moves):
+        if method in ("transpose", "swapaxes", "swapdims") and len(args) == 2:
+            a, b = (_normalise(x, layout) for x in args)
+            if a is None or b is None:
+                return None
+            axis = b if axis == a else a if axis == b else axis
+        elif method == "permute":
+            order = [_normalise(x, layout) for x in args]
+            if None in order or axis >= len(order):
+                return None
+            axis = order[axis]  # type: ignore[assignment]
+        else:
+            return None
+    return axis
+
+
+def split_contradicts_layout(model: FileModel, index: ProjectIndex) -> Iterator[Report]:
+    """KVG002: the split axis is not where the owning backend declares K/V."""
+    for site in model.sites:
+        if site.class_name is None:
+            continue
+        declared = index.impl_layout(site.class_name, model.path)
+        if declared is None:
+            continue
+        backend, layout = declared
+        if len(layout.ndims()) != 1:
+            continue
+        axis = _effective_axis(site, layout)
+        if axis is None:
+            continue
+        ndim = next(iter(layout.ndims()))
+        allowed = {ndim - 1 if a == "content" else a for a in layout.kv_axes()}
+        if not allowed or axis in allowed:
+            continue
+        where = ", ".join(str(a) for a in sorted(allowed))
+        yield (
+            site.split.node,
+            "KVG002",
+            f"`{_code(model.module, site.split.node)}` splits axis {axis}, but "
+            f"{backend.name} declares {layout.describe()} (K/V on axis {where}); this reads "
+            f"another block's bytes instead of K or V — split on axis {where} or fix the "
+            "declared shape",
+        )
+
+
+def layout_diverges_from_base(model: FileModel, index: ProjectIndex) -> Iterator[Report]:
+    """KVG003: a backend declares a K/V arrangement its base backend does not share."""
+    for div in index.divergences():
+        if div.backend.path != model.path or div.backend.name not in model.classes:
+            continue
+        cls = model.classes[div.backend.name]
+        anchor: cst.CSTNode = cls.name
+        for stmt in cls.body.body:
+            if isinstance(stmt, cst.FunctionDef) and stmt.name.value in (
+                "get_kv_cache_shape",
+                "supported_kv_cache_layouts",
+                "get_kv_cache_stride_order",
+            ):
+                anchor = stmt.name
+                break
+        yield (
+            anchor,
+            "KVG003",
+            f"{div.backend.name} declares {div.backend_layout.describe()} but its base "
+            f"{div.base.name} declares {div.base_layout.describe()}, and {div.backend.name} "
+            "supports ENCODER_DECODER: layers of both backends can share one allocation, so "
+            "one block id addresses different bytes. Keep the base's layout, or split through "
+            "one splitter that re-strides ENCODER_DECODER views onto it (vLLM #43945)",
+        )
+
+
+def scattered_splits(model: FileModel) -> Iterator[Report]:
+    """KVG004: one class splits the cache inline in more than one method."""
+    by_class: dict[str, list[SplitSite]] = {}
+    for site in model.sites:
+        if site.class_name is not None and not site.in_splitter:
+            by_class.setdefault(site.class_name, []).append(site)
+    for name, sites in by_class.items():
+        methods = list(dict.fromkeys(s.function for s in sites))
+        if len(methods) < 2 or name not in model.classes:
+            continue
+        yield (
+            model.classes[name].name,
+            "KVG004",
+            f"{name} splits the KV cache inline in {len(methods)} methods "
+            f"({', '.join(str(m) for m in methods)}); add one `_split_kv_cache(self, kv_cache)` "
+            "method and call it everywhere, so a layout change is made in one place (vLLM #43945)",
+        )
+
+
+def run_rules(model: FileModel, index: ProjectIndex) -> list[Report]:
+    return [
+        *raw_kv_split(model),
+        *split_contradicts_layout(model, index),
+        *layout_diverges_from_base(model, index),
+        *scattered_splits(model),
+    ]

@@ -1,0 +1,18 @@
+"""Output formats of ``kvguard check``: text (ruff-like), json, sarif, github."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from kvguard.engine import Result
+
+
+def summary(result: Result) -> dict[str, object]:
+    counts = Counter(f.code for f in result.findings)
+    return {
+        "files": result.files,
+        "findings": len(result.findings),
+        "errors": len(result.errors),
+        "by_code": dict(sorted(counts.items())),
+        "files_with_findings": len({f.path for f in result.findings}),
+    }

@@ -1,0 +1,31 @@
+"""GitHub Actions workflow commands: one annotation per finding or error."""
+
+from __future__ import annotations
+
+from kvguard.catalog import Rule
+from kvguard.engine import Result
+
+_LEVEL = {"error": "error", "warning": "warning", "advice": "notice"}
+
+
+def _data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _prop(text: str) -> str:
+    return _data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def render(result: Result, catalog: dict[str, Rule]) -> str:
+    lines = []
+    for f in result.findings:
+        rule = catalog.get(f.code)
+        title = f"{f.code} {rule.name}" if rule else f.code
+        lines.append(
+            f"::{_LEVEL.get(f.severity, 'error')} file={_prop(f.path)},line={f.line},col={f.column},"
+            f"endLine={f.end_line},endColumn={f.end_column},title={_prop(title)}::"
+            f"{_data(f'{f.code} {f.message}')}"
+        )
+    for e in result.errors:
+        lines.append(f"::error file={_prop(e.path)},title=kvguard::{_data(e.message)}")
+    return "\n".join(lines)
