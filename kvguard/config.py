@@ -42,7 +42,14 @@ DEFAULT_KV_CACHE_NAMES = (
 # Identifiers that denote a sequence of caches (per layer or per virtual engine):
 # indexing one of these once selects a cache, it does not split one.
 DEFAULT_KV_CACHE_LIST_NAMES = ("kv_caches", "*_kv_caches", "kv_cache_list", "kv_cache_tensors")
-DEFAULT_SPLITTER_NAMES = ("*split_kv_cache*", "*split_kv*", "*unpack_kv_cache*", "split_kv")
+DEFAULT_SPLITTER_NAMES = (
+    "*split_kv*",
+    "*kv_cache_split*",
+    "*kv_split*",
+    "*unpack_kv*",
+    "*kv_views",
+    "*kv_cache_views",
+)
 DEFAULT_BACKEND_BASES = ("AttentionBackend", "*AttentionBackend")
 
 _KEYS = {

@@ -28,6 +28,11 @@ from kvguard.lint.receivers import (
 
 _STATE_CLASS_WORDS = ("Mamba", "ShortConv", "LinearAttention", "GatedDeltaNet", "GDN", "SSM")
 _MLA_WORDS = ("MLA", "Mla")
+# Reading these from a piece of the cache inspects it; it does not use K or V.
+_METADATA = frozenset(
+    {"shape", "dtype", "device", "nbytes", "numel", "is_contiguous", "stride", "size",
+     "element_size", "data_ptr", "storage_offset", "untyped_storage", "ndim", "dim"}
+)
 
 
 @dataclass
@@ -68,6 +73,10 @@ class _FunctionScan(cst.CSTVisitor):
         self.nodes: list[cst.CSTNode] = []
         self.returns: list[cst.Return] = []
         self.unpacks: list[cst.Assign] = []
+        self.loops: list[tuple[str, cst.BaseExpression]] = []  # (loop variable, iterable)
+        self.keywords: dict[int, str] = {}  # id(argument value) -> keyword it is passed as
+        self.inspected: set[int] = set()  # ids of expressions only read for metadata
+        self.type_checked: set[str] = set()  # names passed to isinstance(): maybe tuples
 
     def visit_Assign(self, node: cst.Assign) -> None:
         names = [n for t in node.targets for n in _target_names(t.target)]
@@ -79,14 +88,47 @@ class _FunctionScan(cst.CSTVisitor):
         if node.value is not None:
             self.assigns.append((_target_names(node.target), node.value, node))
 
+    def visit_For(self, node: cst.For) -> None:
+        # for _, cache in kv_caches.items(): each iteration binds one cache
+        iterable = node.iter
+        if (
+            isinstance(iterable, cst.Call)
+            and isinstance(iterable.func, cst.Attribute)
+            and iterable.func.attr.value in ("items", "values")
+        ):
+            iterable = iterable.func.value
+        target = node.target
+        if isinstance(target, (cst.Tuple, cst.List)) and target.elements:
+            target = target.elements[-1].value
+        if isinstance(target, cst.Name):
+            self.loops.append((target.value, iterable))
+
     def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
         self.assigns.append((_target_names(node.target), node.value, node))
 
     def visit_Subscript(self, node: cst.Subscript) -> None:
         self.nodes.append(node)
 
+    def visit_Arg(self, node: cst.Arg) -> None:
+        if node.keyword is not None:
+            self.keywords[id(node.value)] = node.keyword.value
+
+    def visit_Attribute(self, node: cst.Attribute) -> None:
+        if node.attr.value in _METADATA:
+            self.inspected.add(id(node.value))
+
     def visit_Call(self, node: cst.Call) -> None:
         self.nodes.append(node)
+        if isinstance(node.func, cst.Name) and node.func.value == "isinstance" and node.args:
+            checked = node.args[0].value
+            if isinstance(checked, cst.Name):
+                self.type_checked.add(checked.value)
+        callee = node.func.attr.value if isinstance(node.func, cst.Attribute) else (
+            node.func.value if isinstance(node.func, cst.Name) else ""
+        )
+        if callee.startswith(("is_", "assert", "check")):
+            # predicates inspect a piece of the cache; they do not read K or V
+            self.inspected.update(id(arg.value) for arg in node.args)
 
     def visit_Return(self, node: cst.Return) -> None:
         self.returns.append(node)
@@ -109,6 +151,8 @@ def _aliases(scan: _FunctionScan, ctx: Context) -> dict[str, Receiver]:
             receiver = classify(value, ctx, selecting=selecting)
             if receiver is None:
                 continue
+            if any(w in name for w in STATE_WORDS):
+                receiver = Receiver(Kind.STATE, receiver.root)
             old = aliases.get(name)
             if old is not None:
                 receiver = Receiver(
@@ -119,6 +163,11 @@ def _aliases(scan: _FunctionScan, ctx: Context) -> dict[str, Receiver]:
                 )
             if aliases.get(name) != receiver:
                 aliases[name] = receiver
+                changed = True
+        for name, iterable in scan.loops:
+            receiver = classify(iterable, ctx)
+            if receiver is not None and receiver.kind is Kind.LIST and name not in aliases:
+                aliases[name] = Receiver(Kind.CACHE, receiver.root)
                 changed = True
         if not changed:
             break
@@ -131,12 +180,14 @@ class Collector:
         self.names = names
         self.index = index
         self.path = path
-        self.in_state_tree = "mamba" in path.replace("\\", "/").split("/")
+        parts = path.replace("\\", "/").split("/")
+        self.in_state_tree = "mamba" in parts
+        self.in_mla_file = any("mla" in part.lower() for part in parts)
 
     def class_context(self, cls: cst.ClassDef | None) -> tuple[bool, bool, Kind | None]:
         """(state context, MLA context, what self.kv_cache holds) for code in this class."""
         if cls is None:
-            return self.in_state_tree, False, None
+            return self.in_state_tree, self.in_mla_file, None
         facts = self.index.lookup(cls.name.value, near=self.path)
         lineage = (
             [n for c in self.index.mro(facts) for n in (c.name, *c.bases)]
@@ -144,7 +195,7 @@ class Collector:
             else [cls.name.value]
         )
         state = self.in_state_tree or any(w in n for n in lineage for w in _STATE_CLASS_WORDS)
-        mla = any(w in n for n in lineage for w in _MLA_WORDS)
+        mla = self.in_mla_file or any(w in n for n in lineage for w in _MLA_WORDS)
         if facts is not None:
             layout = self.index.impl_layout(facts.name, self.path)
             if (
@@ -171,6 +222,13 @@ class Collector:
         ctx = Context(self.names, state_context=state, self_kv_cache=self_kind)
         scan = _FunctionScan()
         body.visit(scan)
+        ctx.head_names = frozenset(
+            n
+            for names, value, _node in scan.assigns
+            if len(names) == 1
+            for n in names
+            if any("head" in w.value.lower() for w in _walk_names(value))
+        )
         _aliases(scan, ctx)
         splits: list[tuple[Split, tuple[str, ...]]] = []
         targets_of: dict[int, tuple[str, ...]] = {}
@@ -185,7 +243,9 @@ class Collector:
             splits.append((split, targets_of.get(id(node), ())))
         for assign in scan.unpacks:
             split = unpack_split(assign, ctx)
-            if split is not None:
+            if split is not None and not (
+                isinstance(assign.value, cst.Name) and assign.value.value in scan.type_checked
+            ):
                 splits.append(
                     (split, tuple(n for t in assign.targets for n in _target_names(t.target)))
                 )
@@ -194,6 +254,8 @@ class Collector:
             for s, t in splits
             if not (t and all(any(w in name for w in STATE_WORDS) for name in t))
             and not (t and all(self.names.is_cache(name) for name in t))
+            and not any(w in scan.keywords.get(id(s.node), "") for w in STATE_WORDS)
+            and id(s.node) not in scan.inspected
         ]
         in_splitter = function is not None and (
             self.names.is_splitter(function) or _is_structural_splitter(scan, splits, params, ctx)
@@ -210,31 +272,45 @@ def _is_structural_splitter(
 ) -> bool:
     """A function whose job is to take a cache and return its K and V views.
 
-    It takes a cache parameter, and each of its returns hands back a split of a cache,
-    or a pair of names/expressions that it bound to splits of a cache.
+    It splits a cache, and each of its returns hands back that split, or a tuple with
+    at least two items bound to (views of) pieces of it, possibly nested:
+    ``return (k_data, v_data), (k_scale, v_scale)``.
     """
-    if not scan.returns or not any(
-        (r := classify(cst.Name(p), ctx)) is not None and r.kind is Kind.CACHE for p in params
-    ):
+    if not scan.returns or not splits:
         return False
     split_nodes = {id(s.node) for s, _ in splits}
     split_names = {name for s, targets in splits for name in targets}
-    for ret in scan.returns:
-        value = ret.value
-        if value is None:
-            return False
-        if id(value) in split_nodes:
-            continue
-        if isinstance(value, (cst.Tuple, cst.List)) and len(value.elements) == 2:
-            ok = all(
-                id(e.value) in split_nodes
-                or (isinstance(e.value, cst.Name) and e.value.value in split_names)
-                for e in value.elements
-            )
-            if ok:
-                continue
-        return False
-    return True
+    for _ in range(4):  # names re-bound from views of K or V (key = key.unflatten(...))
+        for names, value, _node in scan.assigns:
+            if any(n.value in split_names for n in _walk_names(value)):
+                split_names.update(names)
+
+    def pieces(node: cst.BaseExpression) -> int:
+        if id(node) in split_nodes:
+            return 2
+        if isinstance(node, cst.Name):
+            return int(node.value in split_names)
+        if isinstance(node, (cst.Tuple, cst.List)):
+            return sum(pieces(e.value) for e in node.elements)
+        if isinstance(node, cst.Call):
+            return int(any(n.value in split_names for n in _walk_names(node)))
+        return 0
+
+    def is_guard(node: cst.BaseExpression | None) -> bool:
+        """``return None, None`` while the cache is unallocated."""
+        if node is None or (isinstance(node, cst.Name) and node.value == "None"):
+            return True
+        return isinstance(node, cst.Tuple) and all(is_guard(e.value) for e in node.elements)
+
+    real = [ret for ret in scan.returns if not is_guard(ret.value)]
+    return bool(real) and all(pieces(ret.value) >= 2 for ret in real)  # type: ignore[arg-type]
+
+
+def _walk_names(node: cst.CSTNode):
+    if isinstance(node, cst.Name):
+        yield node
+    for child in node.children:
+        yield from _walk_names(child)
 
 
 class _Walker(cst.CSTVisitor):

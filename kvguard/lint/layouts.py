@@ -125,7 +125,11 @@ def shapes_of(func: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[ShapeDecl, 
             continue
         elts = value.elts
         twos = [i for i, e in enumerate(elts) if isinstance(e, ast.Constant) and e.value == 2]
-        packed = bool(elts) and _is_two_times(elts[-1])
+        # K|V packed in the last dim: 2 * head_size, or head_size_k + head_size_v (diff-KV)
+        packed = bool(elts) and (
+            _is_two_times(elts[-1])
+            or (isinstance(elts[-1], ast.BinOp) and isinstance(elts[-1].op, ast.Add))
+        )
         shapes.append(
             ShapeDecl(
                 text=ast.unparse(value),

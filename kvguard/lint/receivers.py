@@ -58,6 +58,7 @@ class Context:
     aliases: dict[str, Receiver] = field(default_factory=dict)
     state_context: bool = False  # Mamba/SSM code: kv_cache is a tuple of states
     self_kv_cache: Kind | None = None  # what self.kv_cache holds in this class, if known
+    head_names: frozenset[str] = frozenset()  # locals bound to a head size (hs = self.head_size)
 
 
 def int_value(node: cst.BaseExpression) -> int | None:
@@ -77,15 +78,18 @@ def _arg(call: cst.Call, position: int, keyword: str) -> cst.BaseExpression | No
     return positional[position].value if position < len(positional) else None
 
 
-def _mentions_head_or_half(node: cst.BaseExpression) -> bool:
+def _mentions_head_or_half(node: cst.BaseExpression, head_names: frozenset[str] = frozenset()) -> bool:
     for sub in _walk(node):
-        if isinstance(sub, cst.Name) and ("head" in sub.value or "dim" in sub.value):
-            return True
-        if isinstance(sub, cst.BinaryOperation) and isinstance(
-            sub.operator, (cst.FloorDivide, cst.Divide)
-        ):
-            if int_value(sub.right) == 2:
+        if isinstance(sub, (cst.Name, cst.Attribute)):
+            word = sub.value if isinstance(sub, cst.Name) else sub.attr.value
+            if "head" in word.lower() or (isinstance(sub, cst.Name) and word in head_names):
                 return True
+        if (
+            isinstance(sub, cst.BinaryOperation)
+            and isinstance(sub.operator, (cst.FloorDivide, cst.Divide))
+            and int_value(sub.right) == 2
+        ):
+            return True
     return int_value(node) is not None
 
 
@@ -177,7 +181,7 @@ def split_of(node: cst.CSTNode, ctx: Context) -> Split | None:
         else:
             receiver_expr, call = owner, node
         receiver = classify(receiver_expr, ctx)
-        if receiver is None or receiver.kind is not Kind.CACHE:
+        if receiver is None or receiver.kind is not Kind.CACHE or not _halves(method, call, ctx):
             return None
         return Split(node, receiver, method, _call_axis(method, call))
     if isinstance(node, cst.Subscript):
@@ -203,6 +207,22 @@ def unpack_split(assign: cst.Assign, ctx: Context) -> Split | None:
     return Split(assign.value, receiver, "unpack", 0)
 
 
+def _halves(method: str, call: cst.Call, ctx: Context) -> bool:
+    """Whether the call cuts K from V, rather than cutting blocks into batches."""
+    if method in ("chunk", "tensor_split"):
+        count = _arg(call, 0, "chunks" if method == "chunk" else "indices_or_sections")
+        return count is not None and int_value(count) == 2
+    if method in ("split", "split_with_sizes"):
+        size = _arg(call, 0, "split_size_or_sections" if method == "split" else "split_sizes")
+        if isinstance(size, (cst.List, cst.Tuple)):
+            return len(size.elements) == 2
+        return size is not None and _mentions_head_or_half(size, ctx.head_names)
+    if method == "select":
+        index = _arg(call, 1, "index")
+        return index is not None and int_value(index) in (0, 1, -1, -2)
+    return True
+
+
 def _call_axis(method: str, call: cst.Call) -> int | None:
     if method == "unbind":
         dim = _arg(call, 0, "dim")
@@ -224,8 +244,8 @@ def _subscript_axis(sub: cst.Subscript) -> int | str | None:
             if isinstance(element.value, cst.Ellipsis):
                 after_ellipsis = True
                 continue
-            if int_value(element.value) is None:
-                return None
+            if int_value(element.value) not in (0, 1, -1, -2):
+                return None  # a K/V axis has two entries; other indices pick states
             axis = position - len(elements) if after_ellipsis else position
             return axis
         if isinstance(element, cst.Slice):

@@ -83,7 +83,9 @@ def split_contradicts_layout(model: FileModel, index: ProjectIndex) -> Iterator[
         if declared is None:
             continue
         backend, layout = declared
-        if len(layout.ndims()) != 1:
+        # vLLM 0.28+ layouts order dims but the K/V arrangement lives elsewhere
+        # (customize_spec), so only shape-declared layouts are judged.
+        if not layout.shapes or layout.layouts or len(layout.ndims()) != 1:
             continue
         axis = _effective_axis(site, layout)
         if axis is None:
