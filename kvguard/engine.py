@@ -30,7 +30,7 @@ from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
 from kvguard.suppression import ignores_file, is_suppressed, line_suppressions
 
-CACHE_VERSION = f"{__version__}-1"
+CACHE_VERSION = f"{__version__}-2"
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 
 Progress = Callable[[int, int], None]
@@ -60,11 +60,16 @@ def scan_source(text: str, display: str, names: KvNames) -> FileFacts:
         ) from None
     except (RecursionError, MemoryError, ValueError) as exc:
         raise SourceError(f"cannot parse: {type(exc).__name__}: {exc}") from None
-    return scan(tree, display, names)
+    return scan(tree, display, names, text)
 
 
 def lint_source(
-    text: str, display: str, config: Config, index: ProjectIndex, severities: dict[str, str]
+    text: str,
+    display: str,
+    config: Config,
+    index: ProjectIndex,
+    severities: dict[str, str],
+    units: frozenset[str] | None = None,
 ) -> list[Finding]:
     """Stage 4 for one file: libcst parse, rules, positions, suppressions."""
     import libcst as cst
@@ -82,7 +87,7 @@ def lint_source(
     except RecursionError:
         raise SourceError("cannot parse: nesting too deep for libcst") from None
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-    model = collect(wrapper.module, display, kv_names(config), index)
+    model = collect(wrapper.module, display, kv_names(config), index, units)
     reports = run_rules(model, index)
     if not reports:
         return []
@@ -154,8 +159,10 @@ def _scan_task(
     )
 
 
-def _lint_task(item: tuple[str, str, str]) -> tuple[str, list[Finding], FileError | None]:
-    display, real, text = item
+def _lint_task(
+    item: tuple[str, str, str | None, frozenset[str]],
+) -> tuple[str, list[Finding], FileError | None]:
+    display, real, text, units = item
     if text is None:
         try:
             _, text = read_source(real)
@@ -168,6 +175,7 @@ def _lint_task(item: tuple[str, str, str]) -> tuple[str, list[Finding], FileErro
             _WORKER["config"],  # type: ignore[arg-type]
             _WORKER["index"],  # type: ignore[arg-type]
             _WORKER["severities"],  # type: ignore[arg-type]
+            units,
         )
     except SourceError as exc:
         return real, [], FileError(display, str(exc))
@@ -273,7 +281,7 @@ def check(
         if not wanted:
             entry.findings, entry.index_key = (), key
         elif entry.findings is None or entry.index_key != key:
-            lint_todo.append((display, real, texts.get(real)))
+            lint_todo.append((display, real, texts.get(real), entry.facts.units))
     state = {"config": config, "index": index, "severities": severities}
     for real, findings, error in _map(_lint_task, lint_todo, state, jobs):
         entry = entries[real]

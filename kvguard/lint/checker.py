@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 from libcst.metadata import CodeRange
 
-from kvguard.lint.facts import ClassFacts
+from kvguard.lint.facts import MODULE_UNIT
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
 from kvguard.lint.receivers import (
@@ -30,8 +30,22 @@ _STATE_CLASS_WORDS = ("Mamba", "ShortConv", "LinearAttention", "GatedDeltaNet", 
 _MLA_WORDS = ("MLA", "Mla")
 # Reading these from a piece of the cache inspects it; it does not use K or V.
 _METADATA = frozenset(
-    {"shape", "dtype", "device", "nbytes", "numel", "is_contiguous", "stride", "size",
-     "element_size", "data_ptr", "storage_offset", "untyped_storage", "ndim", "dim"}
+    {
+        "shape",
+        "dtype",
+        "device",
+        "nbytes",
+        "numel",
+        "is_contiguous",
+        "stride",
+        "size",
+        "element_size",
+        "data_ptr",
+        "storage_offset",
+        "untyped_storage",
+        "ndim",
+        "dim",
+    }
 )
 
 
@@ -123,8 +137,10 @@ class _FunctionScan(cst.CSTVisitor):
             checked = node.args[0].value
             if isinstance(checked, cst.Name):
                 self.type_checked.add(checked.value)
-        callee = node.func.attr.value if isinstance(node.func, cst.Attribute) else (
-            node.func.value if isinstance(node.func, cst.Name) else ""
+        callee = (
+            node.func.attr.value
+            if isinstance(node.func, cst.Attribute)
+            else (node.func.value if isinstance(node.func, cst.Name) else "")
         )
         if callee.startswith(("is_", "assert", "check")):
             # predicates inspect a piece of the cache; they do not read K or V
@@ -313,12 +329,23 @@ def _walk_names(node: cst.CSTNode):
         yield from _walk_names(child)
 
 
+def unit_key(class_stack: list[cst.ClassDef], function: str) -> str:
+    """The prefilter's name for the unit a function belongs to (see facts._units)."""
+    if not class_stack:
+        return function
+    if len(class_stack) == 1:
+        return f"{class_stack[0].name.value}.{function}"
+    return MODULE_UNIT
+
+
 class _Walker(cst.CSTVisitor):
-    def __init__(self, collector: Collector, model: FileModel) -> None:
+    def __init__(
+        self, collector: Collector, model: FileModel, units: frozenset[str] | None
+    ) -> None:
         self.collector = collector
         self.model = model
+        self.units = units  # None: analyze every unit
         self.class_stack: list[cst.ClassDef] = []
-        self.depth = 0  # function nesting
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self.model.classes.setdefault(node.name.value, node)
@@ -333,20 +360,23 @@ class _Walker(cst.CSTVisitor):
             for p in (*node.params.posonly_params, *node.params.params, *node.params.kwonly_params)
         ]
         cls = self.class_stack[-1] if self.class_stack else None
-        self.model.sites.extend(self.collector.unit(node.body, cls, node.name.value, params))
+        if self.units is None or unit_key(self.class_stack, node.name.value) in self.units:
+            self.model.sites.extend(self.collector.unit(node.body, cls, node.name.value, params))
         return False  # nested functions belong to this unit
 
 
-def collect(module: cst.Module, path: str, names: KvNames, index: ProjectIndex) -> FileModel:
+def collect(
+    module: cst.Module,
+    path: str,
+    names: KvNames,
+    index: ProjectIndex,
+    units: frozenset[str] | None = None,
+) -> FileModel:
+    """Collect the splits of every unit, or of ``units`` only (the prefilter's candidates)."""
     model = FileModel(path=path, module=module)
     collector = Collector(names, index, path)
-    walker = _Walker(collector, model)
-    module.visit(walker)
+    module.visit(_Walker(collector, model, units))
     rest = [stmt for stmt in module.body if not isinstance(stmt, (cst.FunctionDef, cst.ClassDef))]
-    if rest:
+    if rest and (units is None or MODULE_UNIT in units):
         model.sites.extend(collector.unit(module.with_changes(body=rest), None, None, []))
     return model
-
-
-def class_facts_for(index: ProjectIndex, name: str | None, path: str) -> ClassFacts | None:
-    return index.lookup(name, near=path) if name else None

@@ -5,11 +5,13 @@ layout, impl link, attention types) and (b) whether the file can hold a split fi
 
 Why (b) cannot drop a finding: every split that KVG001/KVG002/KVG004 report is a
 subscript, a call of a ``SPLIT_METHODS`` method (or ``torch.<method>``), or a tuple
-unpacking, whose receiver is a KV-cache name or attribute, or a local name assigned
-(transitively) from an expression that contains one. ``_tainted_names`` over-approximates
-those aliases flow-insensitively and ``_has_candidate`` accepts any such node whose
-subtree mentions a tainted name or a KV-named attribute, so the libcst rules only ever
-look at a subset of what this pass accepted. ``tests/lint/test_prefilter.py`` checks the
+unpacking, whose receiver ``receivers.classify`` accepts. ``classify`` only ever walks a
+chain of subscripts and ``VIEW_METHODS``/``DERIVING_METHODS`` calls down to a root that is
+a KV-named name or attribute, or a local alias; an alias is bound by an assignment or a
+``for`` loop whose value (or iterable, through ``.items()``/``.values()``) has such a
+root. ``has_candidate`` strips the same chains (``_root``), taints every name bound from a
+tainted root, flow-insensitively and transitively, and accepts any split-shaped node with
+a tainted root, so the libcst rules only ever see a subset of what this pass accepted. ``tests/lint/test_prefilter.py`` checks the
 claim against full analysis of every file in real vLLM trees.
 """
 
@@ -18,7 +20,9 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from kvguard.lint.forms import SPLIT_METHODS
+from kvguard.lint.forms import DERIVING_METHODS, SPLIT_METHODS, VIEW_METHODS
+
+CHAIN_METHODS = VIEW_METHODS | DERIVING_METHODS
 from kvguard.lint.layouts import LayoutDecl, layout_names_of, shapes_of, stride_orders_of
 from kvguard.lint.names import KvNames
 
@@ -39,10 +43,15 @@ class ClassFacts:
     state_kv_cache: bool  # self.kv_cache is a tuple/list of states (Mamba-style)
 
 
+MODULE_UNIT = "<module>"
+
+
 @dataclass(frozen=True)
 class FileFacts:
     classes: tuple[ClassFacts, ...]
     candidate: bool
+    # units that can hold a split: "func", "Class.method", or MODULE_UNIT for the rest
+    units: frozenset[str] = frozenset()
 
 
 def _dotted_tail(node: ast.expr) -> str | None:
@@ -103,7 +112,12 @@ def _assigns_state_tuple(cls: ast.ClassDef) -> bool:
     return False
 
 
-def class_facts(cls: ast.ClassDef, path: str) -> ClassFacts:
+def _segment(lines: list[str], node: ast.AST) -> str:
+    return "\n".join(lines[node.lineno - 1 : node.end_lineno])  # type: ignore[attr-defined]
+
+
+def class_facts(cls: ast.ClassDef, path: str, lines: list[str]) -> ClassFacts:
+    """Facts of one class; methods are walked only when their text can matter."""
     methods = {n.name: n for n in cls.body if isinstance(n, _FUNCS)}
     shapes = shapes_of(methods["get_kv_cache_shape"]) if "get_kv_cache_shape" in methods else ()
     orders, dynamic = (
@@ -124,7 +138,11 @@ def class_facts(cls: ast.ClassDef, path: str) -> ClassFacts:
     if "supports_attn_type" in methods:
         supports = _mentions(methods["supports_attn_type"], "ENCODER_DECODER")
     reconciles = any(
-        _mentions(m, "ENCODER_DECODER") and _mentions(m, "as_strided") for m in methods.values()
+        "ENCODER_DECODER" in (text := _segment(lines, m))
+        and "as_strided" in text
+        and _mentions(m, "ENCODER_DECODER")
+        and _mentions(m, "as_strided")
+        for m in methods.values()
     )
     return ClassFacts(
         name=cls.name,
@@ -138,7 +156,7 @@ def class_facts(cls: ast.ClassDef, path: str) -> ClassFacts:
         impl_names=_returned_names(methods["get_impl_cls"]) if "get_impl_cls" in methods else (),
         supports_encoder_decoder=supports,
         reconciles_layouts=reconciles,
-        state_kv_cache=_assigns_state_tuple(cls),
+        state_kv_cache="self.kv_cache" in _segment(lines, cls) and _assigns_state_tuple(cls),
     )
 
 
@@ -164,83 +182,132 @@ def _source_of(node: ast.AST) -> ast.AST | None:
     return None
 
 
+def _root(node: ast.AST) -> ast.AST:
+    """Strip the view/derive/subscript chain that the libcst rules follow to a receiver."""
+    while True:
+        if isinstance(node, ast.Subscript):
+            node = node.value
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in CHAIN_METHODS
+        ):
+            node = node.func.value
+        else:
+            return node
+
+
 class _Scanner:
     def __init__(self, names: KvNames) -> None:
         self.names = names
 
-    def kv_word(self, node: ast.AST) -> bool:
-        if isinstance(node, ast.Name):
-            word = node.id
-        elif isinstance(node, ast.Attribute):
-            word = node.attr
-        elif isinstance(node, ast.arg):
-            word = node.arg
-        else:
-            return False
+    def kv_word(self, word: str) -> bool:
         return self.names.is_cache(word) or self.names.is_cache_list(word)
 
-    def tainted_names(self, unit: ast.AST) -> set[str]:
+    def rooted(self, node: ast.AST, tainted: set[str]) -> bool:
+        root = _root(node)
+        if isinstance(root, ast.Name):
+            return root.id in tainted or self.kv_word(root.id)
+        if isinstance(root, ast.Attribute):
+            return self.kv_word(root.attr)
+        return False
+
+    def has_candidate(self, unit: ast.AST) -> bool:
         nodes = list(ast.walk(unit))
-        tainted = {n.id for n in nodes if isinstance(n, ast.Name) and self.kv_word(n)}
-        tainted |= {n.arg for n in nodes if isinstance(n, ast.arg) and self.kv_word(n)}
+        words = {n.id for n in nodes if isinstance(n, ast.Name)}
+        words |= {n.attr for n in nodes if isinstance(n, ast.Attribute)}
+        words |= {n.arg for n in nodes if isinstance(n, ast.arg)}
+        if not any(self.kv_word(w) for w in words):
+            return False
+        tainted = {w for w in words if self.kv_word(w)}
         flows = [(src, _targets(n)) for n in nodes if (src := _source_of(n)) is not None]
         changed = True
         while changed:
             changed = False
             for src, targets in flows:
-                if not self.touches(src, tainted):
+                iterable = src
+                if (
+                    isinstance(iterable, ast.Call)
+                    and isinstance(iterable.func, ast.Attribute)
+                    and iterable.func.attr in ("items", "values")
+                ):
+                    iterable = iterable.func.value
+                if not self.rooted(iterable, tainted):
                     continue
                 for target in targets:
                     for sub in ast.walk(target):
                         if isinstance(sub, ast.Name) and sub.id not in tainted:
                             tainted.add(sub.id)
                             changed = True
-        return tainted
-
-    def touches(self, node: ast.AST, tainted: set[str]) -> bool:
-        return any(
-            (isinstance(sub, ast.Name) and sub.id in tainted) or self.kv_word(sub)
-            for sub in ast.walk(node)
-        )
-
-    def has_candidate(self, unit: ast.AST) -> bool:
-        tainted = self.tainted_names(unit)
-        for node in ast.walk(unit):
+        for node in nodes:
             if isinstance(node, ast.Subscript):
-                receiver: ast.AST | None = node.value
-            elif isinstance(node, ast.Call) and _dotted_tail(node.func) in SPLIT_METHODS:
-                receiver = node
+                receiver: ast.AST = node.value
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr not in SPLIT_METHODS:
+                    continue
+                owner = node.func.value
+                if isinstance(owner, ast.Name) and owner.id == "torch":
+                    if not node.args:
+                        continue
+                    receiver = node.args[0]
+                else:
+                    receiver = owner
             elif isinstance(node, ast.Assign) and isinstance(
                 node.targets[0], (ast.Tuple, ast.List)
             ):
                 receiver = node.value
             else:
                 continue
-            if self.touches(receiver, tainted):
+            if self.rooted(receiver, tainted):
                 return True
         return False
 
 
-def _units(tree: ast.Module) -> list[ast.AST]:
-    """Top-level functions, methods of top-level classes, and the rest of the module."""
-    units: list[ast.AST] = []
+def _classes(body: list[ast.stmt]) -> list[ast.ClassDef]:
+    """Classes at module level and nested in classes (not inside functions)."""
+    out = []
+    for stmt in body:
+        if isinstance(stmt, ast.ClassDef):
+            out.append(stmt)
+            out.extend(_classes(stmt.body))
+        elif isinstance(stmt, (ast.If, ast.Try)):
+            out.extend(_classes(stmt.body))
+    return out
+
+
+def _units(tree: ast.Module) -> list[tuple[str, ast.AST]]:
+    """Top-level functions, methods of top-level classes, and the rest of the module.
+
+    ``checker.unit_key`` names the same partition on the libcst side.
+    """
+    units: list[tuple[str, ast.AST]] = []
     rest: list[ast.stmt] = []
     for stmt in tree.body:
         if isinstance(stmt, _FUNCS):
-            units.append(stmt)
+            units.append((stmt.name, stmt))
         elif isinstance(stmt, ast.ClassDef):
             for item in stmt.body:
-                (units if isinstance(item, _FUNCS) else rest).append(item)  # type: ignore[arg-type]
+                if isinstance(item, _FUNCS):
+                    units.append((f"{stmt.name}.{item.name}", item))
+                else:
+                    rest.append(item)
         else:
             rest.append(stmt)
-    units.append(ast.Module(body=rest, type_ignores=[]))
+    units.append((MODULE_UNIT, ast.Module(body=rest, type_ignores=[])))
     return units
 
 
-def scan(tree: ast.Module, path: str, names: KvNames) -> FileFacts:
-    classes = tuple(
-        class_facts(node, path) for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
-    )
+def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
+    lines = text.splitlines()
+    classes = tuple(class_facts(node, path, lines) for node in _classes(tree.body))
     scanner = _Scanner(names)
-    candidate = any(scanner.has_candidate(unit) for unit in _units(tree))
-    return FileFacts(classes=classes, candidate=candidate)
+    units = set()
+    for key, unit in _units(tree):
+        # a unit whose text spells no KV word cannot hold a split (see names.py)
+        if isinstance(unit, ast.Module):
+            segment = "\n".join(_segment(lines, stmt) for stmt in unit.body)
+        else:
+            segment = _segment(lines, unit)
+        if names.mentioned_in(segment) and scanner.has_candidate(unit):
+            units.add(key)
+    return FileFacts(classes=classes, candidate=bool(units), units=frozenset(units))

@@ -60,12 +60,22 @@ class KvNames:
         return _compile(self.splitters)
 
     @cached_property
-    def _text_re(self) -> re.Pattern[str]:
-        words = "|".join(
-            f"(?:{glob_to_regex(p)})" for p in (*self.cache, *self.cache_list, *self.splitters)
-        )
-        decls = "|".join(LAYOUT_DECLARATIONS)
-        return re.compile(rf"(?<!\w)(?:{words}|{decls})(?!\w)")
+    def _cores(self) -> tuple[str, ...] | None:
+        """Literal pieces one of which every matching identifier must contain.
+
+        None when some pattern has no literal piece (``*``): then nothing is prefiltered.
+        """
+        cores = []
+        for pattern in (*self.cache, *self.cache_list, *self.splitters):
+            pieces = [p for p in re.split(r"[*?]", pattern) if p]
+            if not pieces:
+                return None
+            cores.append(max(pieces, key=len))
+        return tuple(dict.fromkeys((*cores, *LAYOUT_DECLARATIONS)))
+
+    @cached_property
+    def _word_re(self) -> re.Pattern[str]:
+        return re.compile(r"\w+")
 
     def is_cache(self, name: str) -> bool:
         return self._cache_re.fullmatch(name) is not None
@@ -77,5 +87,28 @@ class KvNames:
         return self._splitter_re.fullmatch(name) is not None
 
     def mentioned_in(self, text: str) -> bool:
-        """True when the text holds a word that some rule could start from."""
-        return self._text_re.search(text) is not None
+        """True when the text holds a word that some rule could start from.
+
+        Cheap substring tests first (C speed); only around a hit is the whole word cut
+        out and matched against the patterns.
+        """
+        cores = self._cores
+        if cores is None:
+            return True
+        for core in cores:
+            start = text.find(core)
+            while start != -1:
+                left = start
+                while left > 0 and (text[left - 1].isalnum() or text[left - 1] == "_"):
+                    left -= 1
+                match = self._word_re.match(text, left)
+                word = match.group(0) if match else core
+                if (
+                    self.is_cache(word)
+                    or self.is_cache_list(word)
+                    or self.is_splitter(word)
+                    or word in LAYOUT_DECLARATIONS
+                ):
+                    return True
+                start = text.find(core, left + len(word))
+        return False

@@ -78,7 +78,9 @@ def _arg(call: cst.Call, position: int, keyword: str) -> cst.BaseExpression | No
     return positional[position].value if position < len(positional) else None
 
 
-def _mentions_head_or_half(node: cst.BaseExpression, head_names: frozenset[str] = frozenset()) -> bool:
+def _mentions_head_or_half(
+    node: cst.BaseExpression, head_names: frozenset[str] = frozenset()
+) -> bool:
     for sub in _walk(node):
         if isinstance(sub, (cst.Name, cst.Attribute)):
             word = sub.value if isinstance(sub, cst.Name) else sub.attr.value
