@@ -292,7 +292,8 @@ def _is_structural_splitter(
     at least two items bound to (views of) pieces of it, possibly nested:
     ``return (k_data, v_data), (k_scale, v_scale)``.
     """
-    if not scan.returns or not splits:
+    # a splitter takes the cache and little else; forward(self, layer, query, ...) is no splitter
+    if not scan.returns or not splits or len([p for p in params if p not in ("self", "cls")]) > 2:
         return False
     split_nodes = {id(s.node) for s, _ in splits}
     split_names = {name for s, targets in splits for name in targets}

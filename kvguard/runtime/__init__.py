@@ -1,0 +1,60 @@
+"""kvguard.runtime: prove that layers sharing a KV allocation agree on which bytes a block owns.
+
+The invariant, for every allocation (a torch storage) and every layer viewing it:
+
+1. containment: every byte that a layer's K and V views address for block b lies inside page b
+   of the allocation's page map;
+2. disjointness: pages of different block ids never overlap (nor K and V of one block);
+3. exact agreement: a layer that reads another layer's cache (KV sharing) addresses the very
+   same elements for K and for V.
+
+The page map comes from the engine (`Guard.declare_allocation`, vLLM's `KVCacheTensor`) or,
+per region of overlapping footprints, from the first layer bound to it. Everything is computed
+from sizes, strides, storage offsets and element sizes: no bytes are read, no device syncs.
+
+Two ways to switch it on: in code,
+
+    from kvguard.runtime import Guard
+    guard = Guard(mode="strict")          # "off" | "warn" | "strict" | "fix"
+    guard.wrap(MyAttentionImpl)
+
+or with the environment variable KVGUARD_MODE=warn|strict|fix and `Guard()` (what the vLLM
+plugin does). Where a kv_cache goes: `guard.py` (wrapper, verdict cache), `discovery.py` (the
+impl's split, observed once), `pagemap.py` + `footprint.py` (the byte arithmetic).
+
+torch.compile: when an impl runs inside a custom op (vLLM's unified attention op) the guard
+works unchanged; when dynamo traces a wrapped method directly, the guard steps aside for that
+trace. CUDA graphs: steady state touches no tensor and no device, so it is capture-safe;
+discovery must happen on an eager (warm-up) call, which engines do before capturing.
+"""
+
+from .errors import KVLayoutMismatchError, UnsupportedView
+from .guard import Guard
+from .layouts import (
+    BLOCKS_FIRST,
+    BLOCKS_FIRST_HND,
+    KV_FIRST,
+    KV_FIRST_HND,
+    LATENT,
+    LAYOUTS,
+    PACKED_HND,
+    PACKED_NHD,
+    KVLayout,
+    split_kv_cache,
+)
+
+__all__ = [
+    "BLOCKS_FIRST",
+    "BLOCKS_FIRST_HND",
+    "KV_FIRST",
+    "KV_FIRST_HND",
+    "LATENT",
+    "LAYOUTS",
+    "PACKED_HND",
+    "PACKED_NHD",
+    "Guard",
+    "KVLayout",
+    "KVLayoutMismatchError",
+    "UnsupportedView",
+    "split_kv_cache",
+]
