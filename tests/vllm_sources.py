@@ -1,0 +1,47 @@
+"""Real vLLM sources for tests: wheels downloaded once (``pip download --no-deps``),
+their pure-Python files extracted into a cache outside the repository.
+
+``KVGUARD_VLLM_CACHE`` moves the cache (default ``~/.cache/kvguard-tests/vllm``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+
+def cache_root() -> Path:
+    default = Path.home() / ".cache" / "kvguard-tests" / "vllm"
+    return Path(os.environ.get("KVGUARD_VLLM_CACHE", default))
+
+
+def vllm_tree(version: str) -> Path:
+    """A directory holding ``vllm/`` of that release (its .py files only)."""
+    root = cache_root()
+    tree = root / "src" / version
+    marker = tree / ".complete"
+    if marker.exists():
+        return tree
+    wheels = root / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob(f"vllm-{version}-*.whl"))
+    if not found:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels),
+             f"vllm=={version}"],
+            capture_output=True, text=True,
+        )
+        found = sorted(wheels.glob(f"vllm-{version}-*.whl"))
+        if proc.returncode != 0 or not found:
+            pytest.skip(f"cannot download vllm=={version}: {proc.stderr.strip()[-300:]}")
+    with zipfile.ZipFile(found[0]) as wheel:
+        for name in wheel.namelist():
+            if name.startswith("vllm/") and name.endswith(".py"):
+                wheel.extract(name, tree)
+    marker.touch()
+    return tree
