@@ -47,7 +47,9 @@ def main() -> None:
     shutil.copytree(source / "vllm", work / "vllm")
     files = list((work / "vllm").rglob("*.py"))
     lines = sum(p.read_bytes().count(b"\n") for p in files)
-    print(f"vLLM {args.version}: {len(files)} files, {lines / 1e6:.2f}M lines, {os.cpu_count()} CPUs")
+    print(
+        f"vLLM {args.version}: {len(files)} files, {lines / 1e6:.2f}M lines, {os.cpu_count()} CPUs"
+    )
 
     env = dict(os.environ, KVGUARD_CACHE_DIR=str(work / "cache"), NO_COLOR="1")
     kvguard = [sys.executable, "-m", "kvguard", "check", "vllm", "--no-progress"]
@@ -62,8 +64,10 @@ def main() -> None:
     best = float("inf")
     for i in range(args.repeat):  # the pre-commit path: one changed file, passed by name
         target.write_text(target.read_text() + f"\n# edit {i}\n")
-        best = min(best, timed([*kvguard[:4], str(target.relative_to(work)), "--no-progress"],
-                               work, env, 1))
+        best = min(
+            best,
+            timed([*kvguard[:4], str(target.relative_to(work)), "--no-progress"], work, env, 1),
+        )
     results["kvguard one changed file"] = best
     results["python -c pass (interpreter start)"] = timed(
         [sys.executable, "-c", "pass"], work, env, args.repeat
@@ -72,16 +76,20 @@ def main() -> None:
         fixit_env = dict(env, PYTHONPATH=str(ROOT / "benchmarks"))
         results["fixit (one rule)"] = timed(
             [sys.executable, "-m", "fixit", "--rules", "fixit_kv_rule", "lint", "vllm"],
-            work, fixit_env, 1,
+            work,
+            fixit_env,
+            1,
         )
     ruff = results["ruff (default rules, --no-cache)"]
     print(f"{'tool':<40}{'seconds':>10}{'x ruff':>10}")
     for name, seconds in results.items():
         print(f"{name:<40}{seconds:>10.3f}{seconds / ruff:>10.2f}")
     cold = results["kvguard cold (--no-cache)"]
-    print(f"targets: cold <= ruff and <= 1.5 s: {'met' if cold <= min(ruff, 1.5) else 'NOT met'}; "
-          f"warm/one file <= 0.3 s: "
-          f"{'met' if max(results['kvguard warm cache'], results['kvguard one changed file']) <= 0.3 else 'NOT met'}")
+    print(
+        f"targets: cold <= ruff and <= 1.5 s: {'met' if cold <= min(ruff, 1.5) else 'NOT met'}; "
+        f"warm/one file <= 0.3 s: "
+        f"{'met' if max(results['kvguard warm cache'], results['kvguard one changed file']) <= 0.3 else 'NOT met'}"
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 

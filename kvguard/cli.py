@@ -170,7 +170,7 @@ def _emit(text: str, output: Path | None, color: bool) -> None:
     elif color:
         from rich.console import Console
 
-        Console(highlight=False, soft_wrap=True).print(text)
+        Console(highlight=False, soft_wrap=True, force_terminal=True).print(text)
     elif text:
         sys.stdout.write(text + "\n")
 

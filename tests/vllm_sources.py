@@ -32,9 +32,19 @@ def vllm_tree(version: str) -> Path:
     found = sorted(wheels.glob(f"vllm-{version}-*.whl"))
     if not found:
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels),
-             f"vllm=={version}"],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "-q",
+                "-d",
+                str(wheels),
+                f"vllm=={version}",
+            ],
+            capture_output=True,
+            text=True,
         )
         found = sorted(wheels.glob(f"vllm-{version}-*.whl"))
         if proc.returncode != 0 or not found:

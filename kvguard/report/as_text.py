@@ -11,10 +11,11 @@ from kvguard.engine import Result
 
 @lru_cache(maxsize=64)
 def _lines(path: str) -> list[str]:
+    from kvguard.files import SourceError, read_source
+
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read().splitlines()
-    except OSError:
+        return read_source(path)[1].splitlines()
+    except SourceError:
         return []
 
 

@@ -64,7 +64,9 @@ def test_post_43660_state_is_flagged_at_all_three_sites(tree_023, tmp_path):
     assert "RocmAiterUnifiedAttentionBackend" in kvg003[0].message
     assert "RocmAttentionBackend" in kvg003[0].message
     assert "blocks-first" in kvg003[0].message and "K/V-first" in kvg003[0].message
-    assert any(f.code == "KVG004" and "RocmAiterUnifiedAttentionImpl" in f.message for f in findings)
+    assert any(
+        f.code == "KVG004" and "RocmAiterUnifiedAttentionImpl" in f.message for f in findings
+    )
 
 
 def test_fixed_file_is_clean(tree_023, tmp_path):
@@ -87,8 +89,16 @@ def test_precision_recall_against_hand_labels(version, min_precision, min_recall
 # Written out by hand (not taken from kvguard) so that the test does not trust the prefilter:
 # every default name pattern and layout declaration contains one of these.
 _CORES = (
-    "kv_cache", "kv_buffer", "key_value_cache", "split_kv", "kv_split", "unpack_kv", "kv_views",
-    "get_impl_cls", "get_kv_cache_shape", "supported_kv_cache_layouts",
+    "kv_cache",
+    "kv_buffer",
+    "key_value_cache",
+    "split_kv",
+    "kv_split",
+    "unpack_kv",
+    "kv_views",
+    "get_impl_cls",
+    "get_kv_cache_shape",
+    "supported_kv_cache_layouts",
 )
 
 
