@@ -101,7 +101,7 @@ class SourceError(Exception):
 
 
 def decode_source(data: bytes) -> str:
-    """Decode like the interpreter does: UTF-8 (BOM allowed) unless a PEP 263 cookie says otherwise."""
+    """Decode like the interpreter: UTF-8 (BOM allowed) unless a PEP 263 cookie says otherwise."""
     if b"\x00" in data:
         line = data[: data.index(b"\x00")].count(b"\n") + 1
         raise SourceError(f"line {line}: contains a NUL byte; this is not Python source text")

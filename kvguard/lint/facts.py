@@ -11,8 +11,9 @@ a KV-named name or attribute, or a local alias; an alias is bound by an assignme
 ``for`` loop whose value (or iterable, through ``.items()``/``.values()``) has such a
 root. ``has_candidate`` strips the same chains (``_root``), taints every name bound from a
 tainted root, flow-insensitively and transitively, and accepts any split-shaped node with
-a tainted root, so the libcst rules only ever see a subset of what this pass accepted. ``tests/lint/test_prefilter.py`` checks the
-claim against full analysis of every file in real vLLM trees.
+a tainted root, so the libcst rules only ever see a subset of what this pass accepted.
+``tests/lint/test_vllm_real.py::test_prefilter_never_drops_a_finding`` checks the claim
+against full analysis of every file in real vLLM trees.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import ast
 from dataclasses import dataclass
 
 from kvguard.lint.forms import DERIVING_METHODS, SPLIT_METHODS, VIEW_METHODS
-
-CHAIN_METHODS = VIEW_METHODS | DERIVING_METHODS
 from kvguard.lint.layouts import LayoutDecl, layout_names_of, shapes_of, stride_orders_of
 from kvguard.lint.names import KvNames
+
+CHAIN_METHODS = VIEW_METHODS | DERIVING_METHODS
 
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 

@@ -21,8 +21,9 @@ def render(result: Result, catalog: dict[str, Rule]) -> str:
     for f in result.findings:
         rule = catalog.get(f.code)
         title = f"{f.code} {rule.name}" if rule else f.code
+        level = _LEVEL.get(f.severity, "error")
         lines.append(
-            f"::{_LEVEL.get(f.severity, 'error')} file={_prop(f.path)},line={f.line},col={f.column},"
+            f"::{level} file={_prop(f.path)},line={f.line},col={f.column},"
             f"endLine={f.end_line},endColumn={f.end_column},title={_prop(title)}::"
             f"{_data(f'{f.code} {f.message}')}"
         )
