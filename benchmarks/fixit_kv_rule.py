@@ -6,6 +6,7 @@ calls on names and attributes called like a KV cache: the work fixit must do per
 """
 
 import re
+from typing import ClassVar
 
 import libcst as cst
 from fixit import Invalid, LintRule, Valid
@@ -23,8 +24,8 @@ def _is_kv(node: cst.BaseExpression) -> bool:
 
 class RawKvSplit(LintRule):
     MESSAGE = "raw K/V split of a paged KV cache"
-    VALID = [Valid("k, v = self._split_kv_cache(kv_cache)")]
-    INVALID = [Invalid("k, v = kv_cache.unbind(0)"), Invalid("k = kv_cache[0]")]
+    VALID: ClassVar = [Valid("k, v = self._split_kv_cache(kv_cache)")]
+    INVALID: ClassVar = [Invalid("k, v = kv_cache.unbind(0)"), Invalid("k = kv_cache[0]")]
 
     def visit_Call(self, node: cst.Call) -> None:
         func = node.func

@@ -85,10 +85,11 @@ def main() -> None:
     for name, seconds in results.items():
         print(f"{name:<40}{seconds:>10.3f}{seconds / ruff:>10.2f}")
     cold = results["kvguard cold (--no-cache)"]
+    small = max(results["kvguard warm cache"], results["kvguard one changed file"])
     print(
         f"targets: cold <= ruff and <= 1.5 s: {'met' if cold <= min(ruff, 1.5) else 'NOT met'}; "
         f"warm/one file <= 0.3 s: "
-        f"{'met' if max(results['kvguard warm cache'], results['kvguard one changed file']) <= 0.3 else 'NOT met'}"
+        f"{'met' if small <= 0.3 else 'NOT met'}"
     )
     shutil.rmtree(work, ignore_errors=True)
 
