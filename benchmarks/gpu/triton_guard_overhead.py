@@ -1,0 +1,198 @@
+"""Decode-step latency on vLLM's own Triton kernels with the kvguard runtime guard (warn, fix)
+versus without it, eager and CUDA-graph-replayed, printed as ratios against a bare run
+measured in the same process, interleaved round by round.
+
+The model: `--layers` decoder layers, each a self-attention (K/V-first) and a cross-attention
+layer sharing one KV allocation (scenario 1). bare and warn run the correct configuration
+(vLLM 0.23.0's as_strided cross split); fix runs the broken one (plain unbind(1)) and the guard
+re-strides it. A step per layer: reshape-and-cache of the new token, self attention, cross
+attention (3 guarded calls). Targets (issue #6): <= 1.03 eager, <= 1.01 graph-replayed.
+
+    python -m tests.gpu.vllm_kernels        # once, here: fills the git-ignored .vllm-src/
+    PYTHONPATH=. python benchmarks/gpu/triton_guard_overhead.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+
+import torch
+
+from kvguard.runtime import Guard
+from tests.gpu.harness import decode_sizes, encoder_decoder, impl_classes, new_raw, rel_error
+
+MODES = ("bare", "warn", "fix", "bare again")
+logging.getLogger("kvguard").setLevel(logging.ERROR)
+
+
+class Model:
+    def __init__(self, mode: str, sizes, raws: list[torch.Tensor]) -> None:
+        classes = impl_classes()
+        self.guard = Guard(mode) if mode in ("warn", "fix") else None
+        if self.guard:
+            for cls in classes.values():
+                self.guard.wrap(cls)
+        self.seats, self.views = [], []
+        for i, raw in enumerate(raws):
+            seats, _ = encoder_decoder(classes, sizes, correct=mode != "fix", seed=i, raw=raw)
+            self.seats += seats
+            self.views += [s.make_view(raw) for s in seats]
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def drop_history(self, keep: int = 2) -> None:
+        """Free the host-side ground truth of all but the first layer pair (memory)."""
+        for s in self.seats[keep:]:
+            s.keys = s.values = None
+
+    def discover(self) -> None:
+        for s, kv in zip(self.seats, self.views, strict=True):
+            s.discover(kv)
+
+    def write_history(self) -> None:
+        for s, kv in zip(self.seats, self.views, strict=True):
+            s.write_history(kv)
+
+    def step(self) -> None:
+        for s, kv in zip(self.seats, self.views, strict=True):
+            s.step(kv)
+
+    def capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.step()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+def time_steps(models: dict[str, Model], run, iterations: int):
+    """Per step: device time (CUDA events) and host enqueue time, one step of each mode per
+    iteration in rotating order, so that drift of clocks and host load falls on all modes.
+
+    Returns, per mode, the median step time (ms) and the median of the paired per-iteration
+    ratios against "bare" (host: paired differences in us), which cancel slow drift."""
+    order = list(models)
+    events = {m: [] for m in order}
+    host = {m: [] for m in order}
+    torch.cuda.synchronize()
+    for i in range(iterations):
+        for mode in order[i % len(order) :] + order[: i % len(order)]:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            t0 = time.perf_counter()
+            start.record()
+            run(models[mode])
+            end.record()
+            host[mode].append((time.perf_counter() - t0) * 1e6)
+            events[mode].append((start, end))
+    torch.cuda.synchronize()
+    device = {m: [s.elapsed_time(e) for s, e in events[m]] for m in order}
+    med = statistics.median
+    return {
+        "ms": {m: med(device[m]) for m in order},
+        "ratio": {
+            m: med(a / b for a, b in zip(device[m], device["bare"], strict=True)) for m in order
+        },
+        "host_us": {m: med(host[m]) for m in order},
+        "host_extra_us": {
+            m: med(a - b for a, b in zip(host[m], host["bare"], strict=True)) for m in order
+        },
+    }
+
+
+def bench_batch(batch: int, layers: int, iterations: int) -> dict:
+    sizes = decode_sizes(batch)
+    raws = [new_raw(sizes) for _ in range(layers)]
+    models = {}
+    for mode in MODES:
+        models[mode] = Model(mode.split()[0], sizes, raws)
+        if mode == "bare":
+            models[mode].write_history()
+        models[mode].drop_history()
+    models["fix"].discover()  # harness workaround, see Seat.discover
+    for model in models.values():
+        for _ in range(3):  # compile, first sight, steady state
+            model.step()
+    torch.cuda.synchronize()
+    errors = [rel_error(s.output, s.reference()) for s in models["fix"].seats[:2]]
+    identical = all(
+        torch.equal(a.output, b.output)
+        for a, b in zip(models["fix"].seats, models["bare"].seats, strict=True)
+    )
+    eager = time_steps(models, Model.step, iterations)
+    torch.cuda.set_sync_debug_mode("error")  # the guard's steady state adds no sync
+    for model in models.values():
+        model.step()
+        model.capture()
+    torch.cuda.set_sync_debug_mode("default")
+    graph = time_steps(models, Model.replay, iterations)
+    calls = 3 * layers
+    return {
+        "batch": batch,
+        "layers": layers,
+        "guarded_calls_per_step": calls,
+        "kernel_path": "split-K (3D)" if batch <= 128 // sizes.kv_heads else "2D",
+        "fix_max_rel_error_vs_sdpa": max(errors),
+        "fix_bit_identical_to_bare": identical,
+        "eager": eager,
+        "graph": graph,
+        "guard_host_us_per_call": {
+            m: eager["host_extra_us"][m] / calls for m in ("warn", "fix", "bare again")
+        },
+    }
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"\ndevice: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print("median step time of bare; median paired ratios (bare again/bare is the noise floor)")
+    print(
+        "batch  path    bare ms  warn/bare  fix/bare  bare-again/bare  guard host us/call warn fix"
+    )
+    for r in results:
+        for path in ("eager", "graph"):
+            t, q = r[path]["ms"], r[path]["ratio"]
+            us = r["guard_host_us_per_call"]
+            extra = f"  {us['warn']:14.2f} {us['fix']:5.2f}" if path == "eager" else ""
+            print(
+                f"{r['batch']:5d}  {path:6s} {t['bare']:7.3f}  {q['warn']:9.4f}  {q['fix']:8.4f}  "
+                f"{q['bare again']:15.4f}{extra}"
+            )
+    for r in results:
+        print(
+            f"batch {r['batch']} ({r['kernel_path']}, {r['layers']} layers, "
+            f"{r['guarded_calls_per_step']} guarded calls/step): fix max rel error vs SDPA "
+            f"{r['fix_max_rel_error_vs_sdpa']:.2e}, bit-identical to bare: "
+            f"{r['fix_bit_identical_to_bare']}"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 64])
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--json", help="write the figures to this file")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu needs a CUDA device (torch.cuda.is_available() is False)")
+    results = []
+    for batch in args.batches:
+        results.append(bench_batch(batch, args.layers, args.iterations))
+        torch.cuda.empty_cache()
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
