@@ -11,7 +11,8 @@ one block (every element of a block lies in it; padding between elements is allo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -114,6 +115,34 @@ class ViewGeometry:
     @classmethod
     def from_json(cls, d: dict) -> ViewGeometry:
         return cls(tuple(d["shape"]), tuple(d["stride"]), d["offset"], d["itemsize"], d["dtype"])
+
+
+MAX_PLANES = 64
+
+
+def split_planes(g: ViewGeometry) -> list[ViewGeometry]:
+    """`g` cut along its plane dims: inner dims whose stride steps past every block.
+
+    Head-outer layouts (vLLM's KVCacheLayout.LHBNC) put a head axis outside the block axis,
+    so one block's bytes are several runs, num_blocks pages apart, and its hull spans other
+    blocks' pages. Each piece (one index of every plane dim, kept as a size-1 dim) is a view
+    whose blocks are single runs again; together the pieces address exactly the bytes of `g`,
+    so checking every piece is as strict as checking `g`, and exact where the hull is not.
+    A view without plane dims, or with more than MAX_PLANES pieces, is returned whole.
+    """
+    reach = g.stride[0] * g.num_blocks
+    dims = [d for d in range(1, len(g.shape)) if g.shape[d] > 1 and g.stride[d] >= reach]
+    count = 1
+    for d in dims:
+        count *= g.shape[d]
+    if not dims or count > MAX_PLANES:
+        return [g]
+    shape = tuple(1 if d in dims else n for d, n in enumerate(g.shape))
+    pieces = []
+    for idx in itertools.product(*(range(g.shape[d]) for d in dims)):
+        offset = g.offset + sum(i * g.stride[d] for i, d in zip(idx, dims, strict=True))
+        pieces.append(replace(g, shape=shape, offset=offset))
+    return pieces
 
 
 def same_elements(a: ViewGeometry, b: ViewGeometry) -> bool:

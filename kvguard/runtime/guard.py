@@ -17,7 +17,13 @@ import torch
 from . import explain
 from .discovery import SplitRecorder, solve_restride
 from .errors import KVLayoutMismatchError, UnsupportedView
-from .footprint import ViewGeometry, blocks_share_elements, same_elements, self_overlapping
+from .footprint import (
+    ViewGeometry,
+    blocks_share_elements,
+    same_elements,
+    self_overlapping,
+    split_planes,
+)
 from .layouts import LAYOUTS, split_kv_cache
 from .pagemap import PageMap, Region, infer_page_map
 
@@ -510,7 +516,8 @@ class Guard:
                 if name not in region.layers:
                     region.layers.append(name)
                 return region.page_map, region
-        pm = infer_page_map(geoms, f"inferred from layer {name!r}")
+        pieces = [p for g in geoms for p in split_planes(g)]
+        pm = infer_page_map(pieces, f"inferred from layer {name!r}")
         region = Region(lo, hi, pm, [name])
         alloc.regions.append(region)
         return pm, region
@@ -526,7 +533,10 @@ class Guard:
                 collisions.append(self._collision(role, g, 0, pm))
                 collisions.append(self._collision(role, g, 1, pm))
                 continue
-            collisions.extend(self._collision(role, g, b, pm) for b in pm.uncontained_blocks(g))
+            for piece in split_planes(g):
+                collisions.extend(
+                    self._collision(role, piece, b, pm) for b in pm.uncontained_blocks(piece)
+                )
         pairs = itertools.combinations(zip(record["roles"], geoms, strict=True), 2)
         for (ra, a), (rb, b) in pairs:
             if a.block_stride == b.block_stride and blocks_share_elements(a, b):
