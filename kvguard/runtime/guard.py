@@ -176,13 +176,16 @@ class Guard:
         layer_stride: int = 0,
         layers: list[str] | None = None,
         num_blocks: int | None = None,
+        planes: tuple[int, ...] = (0,),
     ) -> None:
         """Declare the page map of an allocation, as vLLM's KVCacheTensor states it.
 
         Layer `layers[l]`'s page for block b starts at `offset + l*layer_stride +
         b*block_stride` bytes and is `page_bytes` long. Without `layers` the map applies to
         every layer bound to the allocation. `num_blocks` (optional) bounds the block ids and
-        lets the guard recognise kernel block sizes smaller than the manager's.
+        lets the guard recognise kernel block sizes smaller than the manager's. `planes`
+        (byte offsets from the page start, first 0) makes a page several runs of
+        `page_bytes`, as head-outer layouts (vLLM's KVCacheLayout.LHBNC, BHLNC) store it.
         """
         if self.mode == "off":
             return
@@ -211,8 +214,16 @@ class Guard:
                 f"layer_stride={layer_stride} < page_bytes={page_bytes}: pages of consecutive "
                 "layers would overlap"
             )
+        planes = tuple(planes)
+        if (
+            not planes
+            or planes[0] != 0
+            or any(not isinstance(p, int) or p < 0 for p in planes)
+            or list(planes) != sorted(set(planes))
+        ):
+            raise ValueError(f"planes must be increasing byte offsets starting at 0, got {planes}")
         nbytes = storage.nbytes()
-        if offset + (len(layers or [0]) - 1) * layer_stride + page_bytes > nbytes:
+        if offset + (len(layers or [0]) - 1) * layer_stride + planes[-1] + page_bytes > nbytes:
             raise ValueError(f"the declared pages reach past the allocation's {nbytes} bytes")
         if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks <= 0):
             raise ValueError(f"num_blocks must be a positive int, got {num_blocks!r}")
@@ -220,14 +231,14 @@ class Guard:
             alloc = self._allocation(storage)
             if not layers:
                 alloc.declared_all = PageMap(
-                    offset, block_stride, page_bytes, (0,), num_blocks, "declared"
+                    offset, block_stride, page_bytes, planes, num_blocks, "declared"
                 )
             for i, name in enumerate(layers or []):
                 alloc.declared[name] = PageMap(
                     offset + i * layer_stride,
                     block_stride,
                     page_bytes,
-                    (0,),
+                    planes,
                     num_blocks,
                     f"declared for layer {name!r}",
                 )

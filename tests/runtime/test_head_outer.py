@@ -77,3 +77,35 @@ def test_head_inner_reader_of_a_head_outer_buffer_is_caught():
     second = Seat(c["PackedImpl"](), Layer("inner.0"), lambda r: r.view(N, BS, H, 2 * D), [4, 5])
     with pytest.raises(KVLayoutMismatchError, match=r"'inner\.0' and 'outer\.0'"):
         run([first, second], raw)
+
+
+def _declared_run(planes):
+    guard = Guard("strict")
+    c = _classes(guard)
+    raw = torch.zeros(2 * N * BS * H * D)
+    run_bytes = BS * 2 * D * 4  # one head's run of one block
+    guard.declare_allocation(
+        raw, page_bytes=run_bytes, block_stride=run_bytes, num_blocks=N, planes=planes
+    )
+    seats = [Seat(c["HeadOuterPackedImpl"](), Layer("l.0"), head_outer, [1, 2])]
+    return guard, seats, raw
+
+
+def test_declared_head_outer_page_is_one_run_per_plane():
+    guard, seats, raw = _declared_run(tuple(h * N * BS * 2 * D * 4 for h in range(H)))
+    outs = run(seats, raw)
+    assert torch.equal(outs[0], reference(seats[0], raw))
+    assert guard.report()["violations"] == []
+
+
+def test_declared_page_without_its_planes_disowns_the_other_heads():
+    _guard, seats, raw = _declared_run((0,))
+    with pytest.raises(KVLayoutMismatchError, match="containment"):
+        run(seats, raw)
+
+
+@pytest.mark.parametrize("planes", [(), (8,), (0, 0), (0, -4), (0, 1 << 40)])
+def test_bad_planes_are_refused(planes):
+    raw = torch.zeros(64)
+    with pytest.raises(ValueError, match=r"planes|reach past"):
+        Guard("strict").declare_allocation(raw, page_bytes=16, block_stride=16, planes=planes)
