@@ -120,28 +120,32 @@ class ViewGeometry:
 MAX_PLANES = 64
 
 
-def split_planes(g: ViewGeometry) -> list[ViewGeometry]:
-    """`g` cut along its plane dims: inner dims whose stride steps past every block.
+def split_planes(g: ViewGeometry, max_extent: int) -> list[ViewGeometry]:
+    """`g` cut along its largest-stride inner dims until one block of a piece spans at most
+    `max_extent` bytes (the page size it is checked against).
 
-    Head-outer layouts (vLLM's KVCacheLayout.LHBNC) put a head axis outside the block axis,
-    so one block's bytes are several runs, num_blocks pages apart, and its hull spans other
-    blocks' pages. Each piece (one index of every plane dim, kept as a size-1 dim) is a view
-    whose blocks are single runs again; together the pieces address exactly the bytes of `g`,
-    so checking every piece is as strict as checking `g`, and exact where the hull is not.
-    A view without plane dims, or with more than MAX_PLANES pieces, is returned whole.
+    Head-outer layouts (vLLM's KVCacheLayout.LHBNC puts heads outside blocks, BHLNC outside
+    layers) store one block as several runs of bytes, so the hull of a block spans bytes of
+    other blocks or other layers. Each piece keeps one index of every cut dim (as a size-1
+    dim); together the pieces address exactly the bytes of `g`, so checking every piece is as
+    strict as checking `g`, and exact where the hull is not. Stops before MAX_PLANES pieces.
     """
-    reach = g.stride[0] * g.num_blocks
-    dims = [d for d in range(1, len(g.shape)) if g.shape[d] > 1 and g.stride[d] >= reach]
+    dims = sorted((d for d in range(1, len(g.shape)) if g.shape[d] > 1), key=lambda d: -g.stride[d])
+    cut: list[int] = []
+    shape = list(g.shape)
     count = 1
     for d in dims:
+        if replace(g, shape=tuple(shape)).extent <= max_extent or count * g.shape[d] > MAX_PLANES:
+            break
+        cut.append(d)
         count *= g.shape[d]
-    if not dims or count > MAX_PLANES:
+        shape[d] = 1
+    if not cut:
         return [g]
-    shape = tuple(1 if d in dims else n for d, n in enumerate(g.shape))
     pieces = []
-    for idx in itertools.product(*(range(g.shape[d]) for d in dims)):
-        offset = g.offset + sum(i * g.stride[d] for i, d in zip(idx, dims, strict=True))
-        pieces.append(replace(g, shape=shape, offset=offset))
+    for idx in itertools.product(*(range(g.shape[d]) for d in cut)):
+        offset = g.offset + sum(i * g.stride[d] for i, d in zip(idx, cut, strict=True))
+        pieces.append(replace(g, shape=tuple(shape), offset=offset))
     return pieces
 
 

@@ -527,7 +527,7 @@ class Guard:
                 if name not in region.layers:
                     region.layers.append(name)
                 return region.page_map, region
-        pieces = [p for g in geoms for p in split_planes(g)]
+        pieces = [p for g in geoms for p in split_planes(g, g.block_stride)]
         pm = infer_page_map(pieces, f"inferred from layer {name!r}")
         region = Region(lo, hi, pm, [name])
         alloc.regions.append(region)
@@ -544,7 +544,7 @@ class Guard:
                 collisions.append(self._collision(role, g, 0, pm))
                 collisions.append(self._collision(role, g, 1, pm))
                 continue
-            for piece in split_planes(g):
+            for piece in split_planes(g, pm.page_bytes):
                 collisions.extend(
                     self._collision(role, piece, b, pm) for b in pm.uncontained_blocks(piece)
                 )

@@ -46,7 +46,7 @@ def test_pieces_address_exactly_the_view():
     k, v = head_outer(torch.zeros(2 * N * BS * H * D)).transpose(1, 2).split(D, dim=-1)
     for t in (k, v):
         g = ViewGeometry.of(t)
-        pieces = split_planes(g)
+        pieces = split_planes(g, g.block_stride)
         assert len(pieces) == H
         assert set().union(*map(_elements, pieces)) == _elements(g)
         assert all(p.extent <= g.block_stride for p in pieces)  # one run per block again
@@ -109,3 +109,33 @@ def test_bad_planes_are_refused(planes):
     raw = torch.zeros(64)
     with pytest.raises(ValueError, match=r"planes|reach past"):
         Guard("strict").declare_allocation(raw, page_bytes=16, block_stride=16, planes=planes)
+
+
+def test_heads_interleaved_with_other_layers_declared_as_runs():
+    """vLLM's BHLNC: inside a block, head h of layer l is run h*L + l; declared with planes."""
+    layers = 2
+    run_bytes = BS * 2 * D * 4
+    guard = Guard("strict")
+    c = _classes(guard)
+    raw = torch.zeros(layers * 2 * N * BS * H * D)
+    guard.declare_allocation(
+        raw,
+        page_bytes=run_bytes,
+        block_stride=H * layers * run_bytes,
+        layer_stride=run_bytes,
+        layers=["i.0", "i.1"],
+        num_blocks=N,
+        planes=tuple(h * layers * run_bytes for h in range(H)),
+    )
+    seats = [
+        Seat(
+            c["HeadOuterPackedImpl"](),
+            Layer(f"i.{i}"),
+            lambda r, i=i: r.view(N, H, layers, BS, 2 * D)[:, :, i],
+            [1, 4, 6],
+        )
+        for i in range(layers)
+    ]
+    outs = run(seats, raw)
+    assert all(torch.equal(o, reference(s, raw)) for s, o in zip(seats, outs, strict=True))
+    assert guard.report()["violations"] == []
