@@ -25,7 +25,7 @@ from .footprint import (
     split_planes,
 )
 from .layouts import LAYOUTS, split_kv_cache
-from .pagemap import PageMap, Region, infer_page_map
+from .pagemap import PageMap, Region, foreign_overlaps, infer_page_map
 
 logger = logging.getLogger("kvguard")
 
@@ -558,7 +558,15 @@ class Guard:
         del collisions[MAX_COLLISIONS:]
         other = self._page_map_owner(pm)
         fix: list[ViewGeometry] | str | None = None
-        if collisions:
+        conflict = None if collisions else self._declared_conflict(alloc, pm)
+        if conflict is not None:
+            other, collisions = conflict
+            invariant = "disjointness"
+            fix = (
+                f"the page maps declared for {name!r} and {other!r} give a block's bytes to "
+                "another block id; the allocation itself must change"
+            )
+        elif collisions:
             fix = pm.place(geoms, alloc.nbytes)
         else:
             found = self._check_sharing(record, geoms)
@@ -570,6 +578,37 @@ class Guard:
             invariant = "exact agreement"
         verdict["fix"] = fix
         return self._violation(alloc, record, other, invariant, collisions, pm, fix)
+
+    def _declared_conflict(self, alloc: _Allocation, pm: PageMap):
+        """(other layer, collisions) where another declared map gives page b's bytes to c != b."""
+        if not pm.source.startswith("declared"):
+            return None
+        maps = list(alloc.declared.items())
+        if alloc.declared_all is not None:
+            maps.append(("*", alloc.declared_all))
+        for other, om in maps:
+            same = (om.offset, om.block_stride, om.page_bytes, om.planes)
+            if om is pm or same == (pm.offset, pm.block_stride, pm.page_bytes, pm.planes):
+                continue
+            pairs = foreign_overlaps(pm, om)
+            if pairs:
+                collisions = []
+                for b, c, plane, other_plane in pairs:
+                    lo, hi = pm.page_span(b, plane)
+                    page = om.page_span(c, other_plane)
+                    collisions.append(
+                        {
+                            "role": f"page (declared; {other!r} declares its block {c} at "
+                            f"[{page[0]}, {page[1]}))",
+                            "block": b,
+                            "lo": lo,
+                            "hi": hi,
+                            "owner_block": c,
+                            "page": list(page),
+                        }
+                    )
+                return other, collisions
+        return None
 
     def _check_sharing(self, record, geoms):
         target = record["kv_sharing_target"]
