@@ -250,6 +250,7 @@ class Allocation:
     kv_cache_tensors: list  # vLLM's KVCacheTensor placements
     groups: list[list[str]]
     raw: torch.Tensor = field(repr=False)
+    kv_cache_config: object = field(repr=False, default=None)  # vLLM's KVCacheConfig
 
 
 def _spec(plan: Plan, shape: Shape):
@@ -319,6 +320,7 @@ def allocate(
         list(config.kv_cache_tensors),
         [list(g.layer_names) for g in config.kv_cache_groups],
         raw,
+        config,
     )
 
 

@@ -189,6 +189,58 @@ def test_rocm_self_attention_with_aiter_cross_attention_overlaid(kernels, monkey
     _assert_clean(guard, layers)
 
 
+def _declare_page_runs(guard: Guard, alloc: h.Allocation) -> None:
+    """Each KVCacheTensor's placement, its page as the runs the bound view occupies."""
+    from kvguard.vllm.page_runs import page_runs
+
+    for t in alloc.kv_cache_tensors:
+        run, planes = page_runs(alloc.kv_caches[t.layers[0]])
+        guard.declare_allocation(
+            alloc.raw,
+            page_bytes=run,
+            block_stride=t.block_stride,
+            offset=t.offset,
+            layer_stride=t.layer_stride,
+            layers=list(t.layers),
+            num_blocks=alloc.kv_cache_config.num_blocks_of(t),
+            planes=planes,
+        )
+
+
+def _declare_adapter(guard: Guard, alloc: h.Allocation) -> None:
+    """The vLLM adapter's own declarations (kvguard.vllm.specs, built on another branch)."""
+    specs = pytest.importorskip("kvguard.vllm.specs", reason="kvguard.vllm.specs not built here")
+    declared = specs.declarations(alloc.kv_cache_config, alloc.kv_caches, {})
+    assert {name for d in declared for name in d.layers} == set(alloc.kv_caches)
+    for declaration in declared:
+        declaration.declare(guard)
+
+
+DECLARERS = {"page_runs": _declare_page_runs, "adapter": _declare_adapter}
+
+
+@pytest.mark.parametrize("declarer", DECLARERS)
+@pytest.mark.parametrize(("backend", "layout"), SINGLE, ids=[f"{b}-{x}" for b, x in SINGLE])
+def test_page_maps_declared_from_kv_cache_tensors(backend, layout, declarer, kernels, monkeypatch):
+    """What the plugin does at cache binding: declare each allocation's page map from vLLM's
+    KVCacheTensors, then run; the declared maps, not inferred ones, must raise no alarm."""
+    shape = h.Shape()
+    if backend in h.ENCODER_DECODER_BACKENDS:
+        plans = _encoder_decoder(backend, backend)
+    else:
+        plans = _decoder(backend)
+    alloc = h.allocate(plans, shape, monkeypatch, layout)
+    guard = Guard("strict")
+    DECLARERS[declarer](guard, alloc)
+    layers = _layers(alloc, plans, shape)
+    with h.wrapped(guard, ALL_IMPLS):
+        results = h.run(layers)
+    _assert_outputs_match(results, shape)
+    report = _assert_clean(guard, layers)
+    assert report["allocations"][0]["declared"]
+    assert not report["allocations"][0]["regions"]  # judged against the declarations only
+
+
 # Negative controls -------------------------------------------------------------------------
 def _wrong_split_layers(monkeypatch):
     """Encoder-decoder on AITER unified with cross-attention's split patched to the #43660
@@ -250,11 +302,16 @@ def test_layout_refused_for_mixed_page_shapes_is_caught(kernels, monkeypatch):
     results = h.run(_layers(alloc, plans, shape))
     assert any(not torch.allclose(out, ref, atol=0.02) for _, out, ref in results)
 
-    alloc = h.allocate(plans, shape, monkeypatch, preset="LHBNC")
-    layers = _layers(alloc, plans, shape)
-    with pytest.raises(KVLayoutMismatchError) as info:
-        _run_strict(layers)
-    assert info.value.violation["layer"] == layers[1].plan.name
+    for declare in (None, _declare_page_runs):  # page maps inferred, then declared
+        alloc = h.allocate(plans, shape, monkeypatch, preset="LHBNC")
+        layers = _layers(alloc, plans, shape)
+        guard = Guard("strict")
+        if declare is not None:
+            declare(guard, alloc)
+        with pytest.raises(KVLayoutMismatchError) as info, h.wrapped(guard, ALL_IMPLS):
+            h.run(layers)
+        violation = info.value.violation
+        assert {violation["layer"], violation["other"]} == {p.name for p in plans[:2]}
 
 
 # The real CPU kernels, no replacement -------------------------------------------------------
