@@ -170,9 +170,12 @@ def foreign_overlaps(a: PageMap, b: PageMap) -> list[tuple[int, int, int, int]]:
     a time: page b of one map may meet page b of another, never a page c != b. Equal block
     strides are decided in closed form (the offset between the runs fixes b - c); otherwise
     the first SCAN_BLOCKS blocks of `a` are checked, where a stride mismatch shows first.
+    Maps without num_blocks are not compared: unbounded, a layer's pages would run into the
+    next layer's slot.
     """
-    inf = float("inf")
-    na, nb = a.num_blocks or inf, b.num_blocks or inf
+    na, nb = a.num_blocks, b.num_blocks
+    if na is None or nb is None or a.hull()[1] <= b.offset or b.hull()[1] <= a.offset:
+        return []
     found: set[tuple[int, int, int, int]] = set()
     for ja, pa in enumerate(a.planes):
         for jb, pb in enumerate(b.planes):
@@ -185,11 +188,11 @@ def foreign_overlaps(a: PageMap, b: PageMap) -> list[tuple[int, int, int, int]]:
                     if k != 0 and i < na and i - k < nb:
                         found.add((i, i - k, ja, jb))
                 continue
-            for i in range(int(min(na, SCAN_BLOCKS))):
+            for i in range(min(na, SCAN_BLOCKS)):
                 lo = xa + i * a.block_stride
                 c_lo = max(0, (lo - xb - b.page_bytes) // b.block_stride + 1)
                 c_hi = -(-(lo + a.page_bytes - xb) // b.block_stride) - 1
-                c_hi = int(min(c_hi, nb - 1))
+                c_hi = min(c_hi, nb - 1)
                 found.update((i, c, ja, jb) for c in range(c_lo, c_hi + 1) if c != i)
     return sorted(found)[:MAX_REPORTED_BLOCKS]
 

@@ -25,6 +25,8 @@ def test_overlaid_maps_with_one_page_per_block_id_agree():
     assert foreign_overlaps(a, PageMap(0, PAGE, PAGE // 2, (0,), N)) == []  # a smaller page
     slots = PageMap(0, 2 * PAGE, PAGE, (0,), N)  # block-outer: two layers per block
     assert foreign_overlaps(slots, PageMap(PAGE, 2 * PAGE, PAGE, (0,), N)) == []
+    assert foreign_overlaps(a, PageMap(N * PAGE, PAGE, PAGE, (0,), N)) == []  # layer-outer
+    assert foreign_overlaps(a, PageMap(PAGE // 2, PAGE, PAGE, (0,), None)) == []  # unbounded
 
 
 def test_shifted_or_restrided_maps_collide():
