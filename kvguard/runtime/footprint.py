@@ -11,7 +11,8 @@ one block (every element of a block lies in it; padding between elements is allo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -114,6 +115,38 @@ class ViewGeometry:
     @classmethod
     def from_json(cls, d: dict) -> ViewGeometry:
         return cls(tuple(d["shape"]), tuple(d["stride"]), d["offset"], d["itemsize"], d["dtype"])
+
+
+MAX_PLANES = 64
+
+
+def split_planes(g: ViewGeometry, max_extent: int) -> list[ViewGeometry]:
+    """`g` cut along its largest-stride inner dims until one block of a piece spans at most
+    `max_extent` bytes (the page size it is checked against).
+
+    Head-outer layouts (vLLM's KVCacheLayout.LHBNC puts heads outside blocks, BHLNC outside
+    layers) store one block as several runs of bytes, so the hull of a block spans bytes of
+    other blocks or other layers. Each piece keeps one index of every cut dim (as a size-1
+    dim); together the pieces address exactly the bytes of `g`, so checking every piece is as
+    strict as checking `g`, and exact where the hull is not. Stops before MAX_PLANES pieces.
+    """
+    dims = sorted((d for d in range(1, len(g.shape)) if g.shape[d] > 1), key=lambda d: -g.stride[d])
+    cut: list[int] = []
+    shape = list(g.shape)
+    count = 1
+    for d in dims:
+        if replace(g, shape=tuple(shape)).extent <= max_extent or count * g.shape[d] > MAX_PLANES:
+            break
+        cut.append(d)
+        count *= g.shape[d]
+        shape[d] = 1
+    if not cut:
+        return [g]
+    pieces = []
+    for idx in itertools.product(*(range(g.shape[d]) for d in cut)):
+        offset = g.offset + sum(i * g.stride[d] for i, d in zip(idx, cut, strict=True))
+        pieces.append(replace(g, shape=tuple(shape), offset=offset))
+    return pieces
 
 
 def same_elements(a: ViewGeometry, b: ViewGeometry) -> bool:

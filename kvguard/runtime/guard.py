@@ -17,9 +17,15 @@ import torch
 from . import explain
 from .discovery import SplitRecorder, solve_restride
 from .errors import KVLayoutMismatchError, UnsupportedView
-from .footprint import ViewGeometry, blocks_share_elements, same_elements, self_overlapping
+from .footprint import (
+    ViewGeometry,
+    blocks_share_elements,
+    same_elements,
+    self_overlapping,
+    split_planes,
+)
 from .layouts import LAYOUTS, split_kv_cache
-from .pagemap import PageMap, Region, infer_page_map
+from .pagemap import PageMap, Region, foreign_overlaps, infer_page_map
 
 logger = logging.getLogger("kvguard")
 
@@ -170,13 +176,16 @@ class Guard:
         layer_stride: int = 0,
         layers: list[str] | None = None,
         num_blocks: int | None = None,
+        planes: tuple[int, ...] = (0,),
     ) -> None:
         """Declare the page map of an allocation, as vLLM's KVCacheTensor states it.
 
         Layer `layers[l]`'s page for block b starts at `offset + l*layer_stride +
         b*block_stride` bytes and is `page_bytes` long. Without `layers` the map applies to
         every layer bound to the allocation. `num_blocks` (optional) bounds the block ids and
-        lets the guard recognise kernel block sizes smaller than the manager's.
+        lets the guard recognise kernel block sizes smaller than the manager's. `planes`
+        (byte offsets from the page start, first 0) makes a page several runs of
+        `page_bytes`, as head-outer layouts (vLLM's KVCacheLayout.LHBNC, BHLNC) store it.
         """
         if self.mode == "off":
             return
@@ -205,8 +214,16 @@ class Guard:
                 f"layer_stride={layer_stride} < page_bytes={page_bytes}: pages of consecutive "
                 "layers would overlap"
             )
+        planes = tuple(planes)
+        if (
+            not planes
+            or planes[0] != 0
+            or any(not isinstance(p, int) or p < 0 for p in planes)
+            or list(planes) != sorted(set(planes))
+        ):
+            raise ValueError(f"planes must be increasing byte offsets starting at 0, got {planes}")
         nbytes = storage.nbytes()
-        if offset + (len(layers or [0]) - 1) * layer_stride + page_bytes > nbytes:
+        if offset + (len(layers or [0]) - 1) * layer_stride + planes[-1] + page_bytes > nbytes:
             raise ValueError(f"the declared pages reach past the allocation's {nbytes} bytes")
         if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks <= 0):
             raise ValueError(f"num_blocks must be a positive int, got {num_blocks!r}")
@@ -214,14 +231,14 @@ class Guard:
             alloc = self._allocation(storage)
             if not layers:
                 alloc.declared_all = PageMap(
-                    offset, block_stride, page_bytes, (0,), num_blocks, "declared"
+                    offset, block_stride, page_bytes, planes, num_blocks, "declared"
                 )
             for i, name in enumerate(layers or []):
                 alloc.declared[name] = PageMap(
                     offset + i * layer_stride,
                     block_stride,
                     page_bytes,
-                    (0,),
+                    planes,
                     num_blocks,
                     f"declared for layer {name!r}",
                 )
@@ -510,7 +527,8 @@ class Guard:
                 if name not in region.layers:
                     region.layers.append(name)
                 return region.page_map, region
-        pm = infer_page_map(geoms, f"inferred from layer {name!r}")
+        pieces = [p for g in geoms for p in split_planes(g, g.block_stride)]
+        pm = infer_page_map(pieces, f"inferred from layer {name!r}")
         region = Region(lo, hi, pm, [name])
         alloc.regions.append(region)
         return pm, region
@@ -526,7 +544,10 @@ class Guard:
                 collisions.append(self._collision(role, g, 0, pm))
                 collisions.append(self._collision(role, g, 1, pm))
                 continue
-            collisions.extend(self._collision(role, g, b, pm) for b in pm.uncontained_blocks(g))
+            for piece in split_planes(g, pm.page_bytes):
+                collisions.extend(
+                    self._collision(role, piece, b, pm) for b in pm.uncontained_blocks(piece)
+                )
         pairs = itertools.combinations(zip(record["roles"], geoms, strict=True), 2)
         for (ra, a), (rb, b) in pairs:
             if a.block_stride == b.block_stride and blocks_share_elements(a, b):
@@ -537,7 +558,15 @@ class Guard:
         del collisions[MAX_COLLISIONS:]
         other = self._page_map_owner(pm)
         fix: list[ViewGeometry] | str | None = None
-        if collisions:
+        conflict = None if collisions else self._declared_conflict(alloc, pm)
+        if conflict is not None:
+            other, collisions = conflict
+            invariant = "disjointness"
+            fix = (
+                f"the page maps declared for {name!r} and {other!r} give a block's bytes to "
+                "another block id; the allocation itself must change"
+            )
+        elif collisions:
             fix = pm.place(geoms, alloc.nbytes)
         else:
             found = self._check_sharing(record, geoms)
@@ -549,6 +578,37 @@ class Guard:
             invariant = "exact agreement"
         verdict["fix"] = fix
         return self._violation(alloc, record, other, invariant, collisions, pm, fix)
+
+    def _declared_conflict(self, alloc: _Allocation, pm: PageMap):
+        """(other layer, collisions) where another declared map gives page b's bytes to c != b."""
+        if not pm.source.startswith("declared"):
+            return None
+        maps = list(alloc.declared.items())
+        if alloc.declared_all is not None:
+            maps.append(("*", alloc.declared_all))
+        for other, om in maps:
+            same = (om.offset, om.block_stride, om.page_bytes, om.planes)
+            if om is pm or same == (pm.offset, pm.block_stride, pm.page_bytes, pm.planes):
+                continue
+            pairs = foreign_overlaps(pm, om)
+            if pairs:
+                collisions = []
+                for b, c, plane, other_plane in pairs:
+                    lo, hi = pm.page_span(b, plane)
+                    page = om.page_span(c, other_plane)
+                    collisions.append(
+                        {
+                            "role": f"page (declared; {other!r} declares its block {c} at "
+                            f"[{page[0]}, {page[1]}))",
+                            "block": b,
+                            "lo": lo,
+                            "hi": hi,
+                            "owner_block": c,
+                            "page": list(page),
+                        }
+                    )
+                return other, collisions
+        return None
 
     def _check_sharing(self, record, geoms):
         target = record["kv_sharing_target"]

@@ -159,6 +159,44 @@ class PageMap:
         return placed
 
 
+SCAN_BLOCKS = 64
+
+
+def foreign_overlaps(a: PageMap, b: PageMap) -> list[tuple[int, int, int, int]]:
+    """First (block of a, block of b, plane of a, plane of b) of different block ids whose
+    pages share a byte.
+
+    Cache groups may overlay one allocation only because a block id is owned by one group at
+    a time: page b of one map may meet page b of another, never a page c != b. Equal block
+    strides are decided in closed form (the offset between the runs fixes b - c); otherwise
+    the first SCAN_BLOCKS blocks of `a` are checked, where a stride mismatch shows first.
+    Maps without num_blocks are not compared: unbounded, a layer's pages would run into the
+    next layer's slot.
+    """
+    na, nb = a.num_blocks, b.num_blocks
+    if na is None or nb is None or a.hull()[1] <= b.offset or b.hull()[1] <= a.offset:
+        return []
+    found: set[tuple[int, int, int, int]] = set()
+    for ja, pa in enumerate(a.planes):
+        for jb, pb in enumerate(b.planes):
+            xa, xb = a.offset + pa, b.offset + pb
+            if a.block_stride == b.block_stride:
+                s, d = a.block_stride, xb - xa
+                # run i of a meets run c of b iff d - ra < (i - c) * s < d + rb
+                for k in range((d - a.page_bytes) // s + 1, -(-(d + b.page_bytes) // s)):
+                    i = max(0, k)
+                    if k != 0 and i < na and i - k < nb:
+                        found.add((i, i - k, ja, jb))
+                continue
+            for i in range(min(na, SCAN_BLOCKS)):
+                lo = xa + i * a.block_stride
+                c_lo = max(0, (lo - xb - b.page_bytes) // b.block_stride + 1)
+                c_hi = -(-(lo + a.page_bytes - xb) // b.block_stride) - 1
+                c_hi = min(c_hi, nb - 1)
+                found.update((i, c, ja, jb) for c in range(c_lo, c_hi + 1) if c != i)
+    return sorted(found)[:MAX_REPORTED_BLOCKS]
+
+
 def infer_page_map(views: list[ViewGeometry], source: str) -> PageMap:
     """The page map a layer's own views imply (the first layer bound to a region defines it).
 
