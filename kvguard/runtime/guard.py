@@ -38,6 +38,12 @@ MAX_COLLISIONS = 6
 _PASS, _RAISE, _RESTRIDE, _INTERCEPT = range(4)
 
 
+class _Restart(BaseException):
+    """Unwinds a first-sight call in fix mode so it can rerun on the re-strided kv_cache.
+
+    A BaseException, so that an impl's `except Exception` cannot swallow it."""
+
+
 @dataclass(eq=False)
 class _Entry:
     action: int
@@ -307,6 +313,14 @@ class Guard:
         def on_boundary(views: list[torch.Tensor]):
             verdict = self._judge(name, layer, impl, kv, views, recorder)
             state["verdict"] = verdict
+            if self.mode == "fix" and verdict.get("violation") and isinstance(verdict["fix"], list):
+                entry = self._steady_entry(verdict, kv, recorder)
+                if entry.action == _RESTRIDE:
+                    # Swapping views here would come too late for a Python-launched kernel
+                    # (Triton): its wrapper has already read the old strides as ints, and only
+                    # data_ptr() passes through here. Rerun the call on the re-strided cache.
+                    state["entry"] = entry
+                    raise _Restart
             return self._act(verdict, views)
 
         recorder = SplitRecorder(kv, on_boundary, ignore=(self._wrapper_code,))
@@ -314,9 +328,21 @@ class Guard:
         try:
             with recorder:
                 result = fn(impl, *args, **kwargs)
+        except _Restart:
+            result = None
         finally:
             self._local.active = False
         verdict = state["verdict"]
+        if "entry" in state:  # nothing of the call ran past its first kernel boundary
+            entry = state["entry"]
+            self._log_once(verdict, verdict["violation"], fixing=True)
+            self._settle(key, impl, kv, entry)
+            fixed = self._attach_fixed_input(entry, kv)
+            if len(args) > kv_pos:
+                args = (*args[:kv_pos], fixed, *args[kv_pos + 1 :])
+            else:
+                kwargs["kv_cache"] = fixed
+            return fn(impl, *args, **kwargs)
         if verdict is None:
             n = self._untouched.get(key, 0) + 1
             self._untouched[key] = n

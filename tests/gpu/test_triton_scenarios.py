@@ -109,11 +109,6 @@ def test_warn_logs_once_and_proceeds_unchanged(name, caplog):
     assert all(torch.equal(a, b) for a, b in zip(outs, bare, strict=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="first sight in fix mode re-points a Python-launched Triton kernel at data_ptr() "
-    "after the impl has read the old strides (patch: /work/gpu-patches/0001)",
-)
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_fix_is_right_from_the_very_first_call(name):
     _guard, classes = _guarded("fix")
