@@ -219,3 +219,10 @@ def fix(
         findings.extend(file_fix.after)
     remaining = replace(result, findings=sorted(findings), errors=sorted([*result.errors, *errors]))
     return Outcome(remaining, done, sum(f.fixed for f in done))
+
+
+def fix_source(
+    text: str, display: str, config: Config, index: ProjectIndex, *, unsafe: bool = False
+) -> str:
+    """The fixed text of one file's source (``text`` with "\\n" line endings)."""
+    return _rewrite(_parse_and_plan(text, display, config, index), unsafe, set())

@@ -254,6 +254,8 @@ def _match(
         if template == (op.op,):
             return None, ""
         verdict = same_views((op.op,), template, shapes)
+        if verdict is True:
+            return None, ""
     else:
         order = (op.piece, 1 - op.piece) if op.piece is not None else (0, 1)
         for index in order:
@@ -332,7 +334,11 @@ def _plan_class(name: str, ops: list[SiteOp], index: ProjectIndex, path: str) ->
         plan.template, first = template
         what = _where(first)
         axis = first.site.split.describe_axis()
-        plan.assumes = f"assumes {described}" if described else f"assumes {axis} of the cache"
+        receiver = first.site.split.receiver
+        if receiver.moves or receiver.reshaped:  # the splitter is handed a view, not the cache
+            plan.assumes = f"assumes {axis} of the view it is given"
+        else:
+            plan.assumes = f"assumes {described}" if described else f"assumes {axis} of the cache"
     fallback = assumed_shapes(ops[0].site.split.axis)
     for op in ops:
         route, reason = _match(op, plan.template, _shapes_for(declared, op, fallback), what)
