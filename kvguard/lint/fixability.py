@@ -29,6 +29,7 @@ from kvguard.findings import SAFE, UNSAFE, FixInfo
 from kvguard.lint.checker import FileModel, SplitSite
 from kvguard.lint.facts import SPLITTER_METHOD, ClassFacts
 from kvguard.lint.index import ProjectIndex
+from kvguard.lint.rules import split_contradicts_layout
 from kvguard.lint.views import (
     PAIR_METHODS,
     PIECE_METHODS,
@@ -437,9 +438,15 @@ def plan_file(
             by_class.setdefault(site.class_name, []).append(op)
         else:
             loose.append(op)
+    contradicting = {id(node) for node, _, _ in split_contradicts_layout(model, index)}
     for name, ops in by_class.items():
+        wrong = next((op for op in ops if id(op.node) in contradicting), None)
         if name in unmodelled:
             reason = f"`{unmodelled[name]}` is a split form the fixer does not rewrite"
+            plan.classes[name] = ClassPlan(name=name, reason=reason, ops=ops)
+        elif wrong is not None:
+            # routing it would hide the bug inside a sanctioned splitter
+            reason = f"{_where(wrong)} contradicts the declared layout (KVG002); fix it first"
             plan.classes[name] = ClassPlan(name=name, reason=reason, ops=ops)
         else:
             plan.classes[name] = _plan_class(name, ops, index, model.path)

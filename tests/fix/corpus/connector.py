@@ -2,6 +2,8 @@
 
 import os
 
+import torch  # noqa: F401 - the fix adds its import after this block
+
 CHUNK = int(os.environ.get("CHUNK", "4"))
 
 
