@@ -261,7 +261,16 @@ class Fixer(cst.CSTTransformer):
                 f"from {RUNTIME_MODULE} import {RUNTIME_SPLITTER}\n",
                 config=self.module.config_for_parsing,
             )
-            body.insert(_import_position(body), statement)
+            position = _import_position(body)
+            if position < len(body) and not _is_import(body[position]):
+                following = body[position]
+                blank = 2 if isinstance(following, (cst.FunctionDef, cst.ClassDef)) else 1
+                if len(following.leading_lines) < blank:  # type: ignore[attr-defined]
+                    body[position] = following.with_changes(
+                        leading_lines=[cst.EmptyLine(indent=False)] * blank
+                        + list(following.leading_lines)  # type: ignore[attr-defined]
+                    )
+            body.insert(position, statement)
         return updated_node.with_changes(body=body)
 
 

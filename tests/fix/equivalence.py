@@ -196,7 +196,7 @@ def compare_sites(
             continue
         calls = _calls(_functions(classes[cls])[function])
         symbols: dict[str, int] = {}
-        shape = shape_of(declared.get(cls), symbols, (2, 3, 5, 7, 11))
+        shape = shape_of(declared.get(cls), symbols, None)
         position = 0
         pending = list(items)
         while pending:
@@ -243,26 +243,45 @@ def _assign_of(func: ast.AST, call: ast.expr) -> ast.Assign | None:
     return None
 
 
+# Without a declared shape: K/V-first, blocks-first and packed caches (head size 11);
+# a site is compared on every one on which the original split runs without error.
+FALLBACK_SHAPES = ((2, 3, 5, 7, 11), (3, 2, 5, 7, 11), (3, 5, 7, 22), (3, 7, 5, 22))
+
+
 def _check_one(cls, function, old_expr, new_expr, receiver, shape, symbols, splitter) -> SiteCheck:  # type: ignore[no-untyped-def]
     root = ast.parse(receiver, mode="eval").body
     while isinstance(root, (ast.Call, ast.Subscript, ast.Attribute)) and not (
         isinstance(root, ast.Attribute) and isinstance(root.value, ast.Name)
     ):
         root = root.func.value if isinstance(root, ast.Call) else root.value  # type: ignore[union-attr]
-    for cache in caches(shape):
-        me = types.SimpleNamespace(**symbols)
-        env: dict[str, object] = {"self": me}
-        if isinstance(root, ast.Name):
-            env[root.id] = cache
-        elif isinstance(root, ast.Attribute):
-            setattr(me, root.attr, cache)
-        me._split_kv_cache = types.MethodType(splitter, me)
-        try:
-            old, new = _evaluate(old_expr, env), _evaluate(new_expr, env)
-        except Exception as exc:  # reported as a failed check, not swallowed
-            return SiteCheck(
-                cls, function, old_expr, new_expr, False, f"{type(exc).__name__}: {exc}"
-            )
-        if signature(old) != signature(new):
-            return SiteCheck(cls, function, old_expr, new_expr, False, "views differ")
+    shapes = [shape] if shape is not None else list(FALLBACK_SHAPES)
+    if shape is None:
+        symbols = {"head_size": 11, "head_dim": 11, **symbols}
+    compared = 0
+    for candidate in shapes:
+        for cache in caches(candidate):
+            me = types.SimpleNamespace(**symbols)
+            env: dict[str, object] = {"self": me}
+            if isinstance(root, ast.Name):
+                env[root.id] = cache
+            elif isinstance(root, ast.Attribute):
+                setattr(me, root.attr, cache)
+            me._split_kv_cache = types.MethodType(splitter, me)
+            try:
+                old = _evaluate(old_expr, env)
+            except Exception as exc:  # the original does not run on this shape
+                if shape is not None:
+                    return SiteCheck(cls, function, old_expr, new_expr, False, repr(exc))
+                continue
+            try:
+                new = _evaluate(new_expr, env)
+            except Exception as exc:  # reported as a failed check, not swallowed
+                return SiteCheck(cls, function, old_expr, new_expr, False, repr(exc))
+            if signature(old) != signature(new):
+                return SiteCheck(
+                    cls, function, old_expr, new_expr, False, f"views differ {candidate}"
+                )
+            compared += 1
+    if not compared:
+        return SiteCheck(cls, function, old_expr, new_expr, False, "runs on no shape")
     return SiteCheck(cls, function, old_expr, new_expr, True)

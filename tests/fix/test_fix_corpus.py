@@ -144,3 +144,26 @@ def test_runtime_layout_table_matches_kvguard_runtime(name: str) -> None:
     cache = torch.randn(shape)
     expected = eval(split, {}, {"kv_cache": cache, **sizes})
     assert signature(split_kv_cache(cache, name)) == signature(tuple(expected))
+
+
+def test_the_equivalence_harness_catches_a_wrong_splitter(tmp_path: Path) -> None:
+    """Both comparisons fail when the splitter hands back V as K (so they can fail)."""
+    original = _corpus("blocks_first")
+    wrong = fix_text(original).replace(
+        "return kv_cache.unbind(1)", "return kv_cache.unbind(1)[::-1]"
+    )
+    assert wrong != fix_text(original)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "blocks_first.py").write_text(original)
+    (tmp_path / "b" / "blocks_first.py").write_text(wrong)
+    with pytest.raises(AssertionError):
+        compare_modules(
+            tmp_path / "a" / "blocks_first.py",
+            tmp_path / "b" / "blocks_first.py",
+            _declared_shape(tmp_path / "a" / "blocks_first.py"),
+        )
+    index = index_of({"impl.py": original})
+    sites, declared, _ = routed_sites(original, "impl.py", index)
+    report = compare_sites(original, wrong, sites, declared)
+    assert report.checked and not any(c.ok for c in report.checked)

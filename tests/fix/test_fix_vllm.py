@@ -101,9 +101,10 @@ def _copy_tree(version: str, target: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_diff_over_the_vllm_022_tree(kvguard, tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", ["0.22.0", "0.33.0"])
+def test_diff_over_a_vllm_tree(kvguard, tmp_path: Path, version: str) -> None:
     """Every proposed fix applies, parses, and gives the same views on every touched class."""
-    root = _copy_tree("0.22.0", tmp_path)
+    root = _copy_tree(version, tmp_path)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     before = kvguard("check", "vllm", "--format", "json", cwd=root)
     findings = json.loads(before.stdout)["findings"]
@@ -130,10 +131,11 @@ def test_diff_over_the_vllm_022_tree(kvguard, tmp_path: Path) -> None:
     finally:
         os.chdir(cwd)
     checked, skipped = 0, []
+    index = _index_with(originals, root)
     for rel in touched:
         fixed = (root / rel).read_text()
         ast.parse(fixed)  # the result parses
-        sites, declared, _ = routed_sites(originals[rel], rel, _index_with(originals, root))
+        sites, declared, _ = routed_sites(originals[rel], rel, index)
         report = compare_sites(originals[rel], fixed, sites, declared)
         assert [c for c in report.checked if not c.ok] == [], rel
         checked += len(report.checked)
@@ -151,7 +153,7 @@ def test_diff_over_the_vllm_022_tree(kvguard, tmp_path: Path) -> None:
         "sites_equivalence_checked": checked,
         "skipped": skipped,
     }
-    print("vLLM 0.22.0 --fix counts:", json.dumps(counts))
+    print(f"vLLM {version} --fix counts:", json.dumps(counts))
     assert counts["fixed"] == counts["proposed"] and checked > 0 and not skipped
 
 
