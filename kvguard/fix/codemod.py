@@ -265,7 +265,7 @@ class Fixer(cst.CSTTransformer):
             if position < len(body) and not _is_import(body[position]):
                 following = body[position]
                 blank = 2 if isinstance(following, (cst.FunctionDef, cst.ClassDef)) else 1
-                if len(following.leading_lines) < blank:  # type: ignore[attr-defined]
+                if not following.leading_lines:  # type: ignore[attr-defined]
                     body[position] = following.with_changes(
                         leading_lines=[cst.EmptyLine(indent=False)] * blank
                         + list(following.leading_lines)  # type: ignore[attr-defined]

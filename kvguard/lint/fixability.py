@@ -71,7 +71,11 @@ def _code(node: cst.CSTNode) -> str:
 
 
 def _normal(text: str) -> str:
-    return ast.unparse(ast.parse(text.strip(), mode="eval"))
+    """The expression without its formatting, to compare receivers; as written if odd."""
+    try:
+        return ast.unparse(ast.parse(text.strip(), mode="eval"))
+    except (SyntaxError, ValueError, RecursionError):
+        return " ".join(text.split())
 
 
 @dataclass(frozen=True)
