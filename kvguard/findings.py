@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-SAFE, UNSAFE, DISPLAY_ONLY = "safe", "unsafe", "display-only"
+SAFE, UNSAFE = "safe", "unsafe"
 
 
 @dataclass(frozen=True)
 class FixInfo:
     """That a finding has an automatic fix, how safe it is (ruff's terms), and what it does."""
 
-    applicability: str  # SAFE: same behaviour; UNSAFE: needs --unsafe-fixes; DISPLAY_ONLY
+    applicability: str  # SAFE: same behaviour (--fix); UNSAFE: needs --unsafe-fixes
     message: str
 
     def to_dict(self) -> dict[str, str]:

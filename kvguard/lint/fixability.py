@@ -306,6 +306,9 @@ def _plan_class(name: str, ops: list[SiteOp], index: ProjectIndex, path: str) ->
     if facts is None:
         plan.reason = f"class {name} is not in the project index"
         return plan
+    if sum(c.path == path for c in index.by_name.get(name, [])) > 1:
+        plan.reason = f"this file defines more than one class {name}"
+        return plan
     for op in ops:
         if op.site.function not in facts.instance_methods:
             plan.reason = (

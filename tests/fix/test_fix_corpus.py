@@ -167,3 +167,13 @@ def test_the_equivalence_harness_catches_a_wrong_splitter(tmp_path: Path) -> Non
     sites, declared, _ = routed_sites(original, "impl.py", index)
     report = compare_sites(original, wrong, sites, declared)
     assert report.checked and not any(c.ok for c in report.checked)
+
+
+def test_two_classes_of_one_name_are_not_fixed_and_the_finding_says_so() -> None:
+    from tests.lint.kvg_helpers import SCATTERED_SOURCE
+
+    text = SCATTERED_SOURCE + "\n\n" + SCATTERED_SOURCE
+    assert fix_text(text) == text
+    findings = [f for f in lint_text(text) if f.code == "KVG001"]
+    assert findings and all(f.fix is None for f in findings)
+    assert all("more than one class MyImpl" in f.message for f in findings)
