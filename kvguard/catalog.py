@@ -22,6 +22,10 @@ class Example:
     path: str = "example.py"
     # for invalid examples: the 1-based lines that must be flagged with this rule
     lines: tuple[int, ...] = ()
+    # for invalid examples: the text after `--fix` (None: --fix leaves it alone), and after
+    # `--fix --unsafe-fixes` (None: not stated)
+    fixed: str | None = None
+    unsafe_fixed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ def _examples(raw: list[dict[str, object]], where: str) -> tuple[Example, ...]:
                 code=str(item["code"]),
                 path=str(item.get("path", "example.py")),
                 lines=tuple(int(n) for n in item.get("lines", ())),  # type: ignore[union-attr]
+                fixed=str(item["fixed"]) if "fixed" in item else None,
+                unsafe_fixed=str(item["unsafe_fixed"]) if "unsafe_fixed" in item else None,
             )
         )
     return tuple(out)

@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--no-progress", action="store_true")
     check.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     check.add_argument("--output-file", "-o", type=Path, help="write the report here")
+    check.add_argument("--fix", action="store_true", help="apply safe fixes in place")
+    check.add_argument(
+        "--diff", action="store_true", help="print the fixes as a unified diff; write nothing"
+    )
+    check.add_argument(
+        "--unsafe-fixes", action="store_true", help="also apply (or show) unsafe fixes"
+    )
 
     rule = sub.add_parser("rule", help="print a rule's documentation")
     rule.add_argument("code")
@@ -139,6 +146,8 @@ def _check(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()  # type: ignore[attr-defined]
+    if args.fix or args.diff:
+        return _fix(args, result, config, severities, catalog, color)
 
     if args.format == "json":
         from kvguard.report.as_json import render
@@ -155,11 +164,64 @@ def _check(args: argparse.Namespace) -> int:
     else:
         from kvguard.report.as_text import render
 
-        text = render(result, catalog, args.statistics, color)
+        text = render(result, catalog, args.statistics, color, args.unsafe_fixes)
     _emit(text, args.output_file, color and args.format == "text")
     if result.errors:
         return EXIT_ERROR
     if result.findings and not args.exit_zero:
+        return EXIT_FINDINGS
+    return EXIT_CLEAN
+
+
+def _fix(args, result, config, severities, catalog, color) -> int:  # type: ignore[no-untyped-def]
+    """--fix / --diff: rewrite (or show), then report what remains, like ruff."""
+    from dataclasses import replace as with_changes
+
+    from kvguard.fix.apply import fix
+
+    outcome = fix(
+        result,
+        config,
+        result.index,
+        unsafe=args.unsafe_fixes,
+        write=args.fix and not args.diff,
+        severities=severities,
+    )
+    remaining = with_changes(outcome.result, fixed=outcome.fixed)
+    verb = "Would fix" if args.diff else "Fixed"
+    n, m = outcome.fixed, len(remaining.findings)
+    line = f"{verb} {n} finding{'s' if n != 1 else ''} ({m} remaining)."
+    if args.diff:
+        diff = outcome.diff()
+        if diff:
+            sys.stdout.write(diff)
+        for error in remaining.errors:
+            print(f"{error.path}: error: {error.message}", file=sys.stderr)
+        print(line, file=sys.stderr)
+        if remaining.errors:
+            return EXIT_ERROR
+        return EXIT_FINDINGS if diff else EXIT_CLEAN
+    if args.format == "json":
+        from kvguard.report.as_json import render
+
+        text = render(remaining)
+    elif args.format == "sarif":
+        from kvguard.report.as_sarif import render
+
+        text = render(remaining, catalog)
+    elif args.format == "github":
+        from kvguard.report.as_github import render
+
+        text = render(remaining, catalog)
+    else:
+        from kvguard.report.as_text import render
+
+        text = render(remaining, catalog, args.statistics, color, args.unsafe_fixes)
+        text = f"{text}\n{line}"
+    _emit(text, args.output_file, color and args.format == "text")
+    if remaining.errors:
+        return EXIT_ERROR
+    if remaining.findings and not args.exit_zero:
         return EXIT_FINDINGS
     return EXIT_CLEAN
 

@@ -30,7 +30,7 @@ from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
 from kvguard.suppression import ignores_file, is_suppressed, line_suppressions
 
-CACHE_VERSION = f"{__version__}-2"
+CACHE_VERSION = f"{__version__}-3"
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 
 Progress = Callable[[int, int], None]
@@ -42,6 +42,8 @@ class Result:
     errors: list[FileError] = field(default_factory=list)
     files: int = 0
     parsed: int = 0  # files that libcst parsed this run
+    index: ProjectIndex | None = None  # the project index the rules used (for --fix)
+    fixed: int | None = None  # findings that --fix fixed (--diff: would fix); None: no fixing
 
 
 def kv_names(config: Config) -> KvNames:
@@ -93,6 +95,7 @@ def lint_source(
         return []
     positions = wrapper.resolve(PositionProvider)
     suppressions = line_suppressions(text)
+    fixes, withheld = fix_plan(model, index, positions, suppressions)
     findings = []
     for node, code, message in reports:
         span = positions[node]
@@ -108,10 +111,30 @@ def lint_source(
                 end_column=span.end.column + 1,
                 code=code,
                 severity=severities.get(code, "error"),
-                message=message,
+                message=_with_fix_note(
+                    message, withheld.get(id(node)) if code in FIXABLE else None
+                ),
+                fix=fixes.get(id(node)) if code in FIXABLE else None,
             )
         )
     return sorted(set(findings))
+
+
+FIXABLE = ("KVG001", "KVG004")
+
+
+def _with_fix_note(message: str, withheld: str | None) -> str:
+    return f"{message}; no automatic fix: {withheld}" if withheld else message
+
+
+def fix_plan(model, index: ProjectIndex, positions, suppressions):  # type: ignore[no-untyped-def]
+    """The fix each KVG001/KVG004 anchor offers, or why none is (lint/fixability.py)."""
+    from kvguard.lint.fixability import plan_file
+
+    def reported(node) -> bool:  # type: ignore[no-untyped-def]
+        return not is_suppressed(suppressions, positions[node].start.line, "KVG001")
+
+    return plan_file(model, index, reported).info()
 
 
 # -- worker-side tasks (module level so that they pickle) -------------------------------
@@ -265,6 +288,7 @@ def check(
             progress(done, len(sources))
 
     index = ProjectIndex.build(c for e in entries.values() if e.facts for c in e.facts.classes)
+    result.index = index
     key = index_key(e.facts for e in entries.values() if e.facts)
     divergent = {d.backend.path for d in index.divergences()}
     if severities is None:

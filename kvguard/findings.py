@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+SAFE, UNSAFE = "safe", "unsafe"
+
+
+@dataclass(frozen=True)
+class FixInfo:
+    """That a finding has an automatic fix, how safe it is (ruff's terms), and what it does."""
+
+    applicability: str  # SAFE: same behaviour (--fix); UNSAFE: needs --unsafe-fixes
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"applicability": self.applicability, "message": self.message}
 
 
 @dataclass(frozen=True, order=True)
@@ -15,6 +28,7 @@ class Finding:
     code: str
     severity: str
     message: str
+    fix: FixInfo | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -42,6 +42,10 @@ class ClassFacts:
     supports_encoder_decoder: bool | None  # None: the class itself does not say
     reconciles_layouts: bool  # a method re-strides views for ENCODER_DECODER (the #43945 fix)
     state_kv_cache: bool  # self.kv_cache is a tuple/list of states (Mamba-style)
+    # for the fixer: methods that take ``self`` (no static/class methods), and the body of
+    # ``_split_kv_cache`` if the class defines one (see ``plain_splitter``)
+    instance_methods: tuple[str, ...] = ()
+    splitter: str | None = None
 
 
 MODULE_UNIT = "<module>"
@@ -158,7 +162,49 @@ def class_facts(cls: ast.ClassDef, path: str, lines: list[str]) -> ClassFacts:
         supports_encoder_decoder=supports,
         reconciles_layouts=reconciles,
         state_kv_cache="self.kv_cache" in _segment(lines, cls) and _assigns_state_tuple(cls),
+        instance_methods=tuple(name for name, m in methods.items() if _takes_self(m)),
+        splitter=plain_splitter(methods["_split_kv_cache"])
+        if "_split_kv_cache" in methods
+        else None,
     )
+
+
+SPLITTER_METHOD = "_split_kv_cache"
+
+
+def _takes_self(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    decorators = {_dotted_tail(d) for d in func.decorator_list}
+    args = func.args.posonlyargs + func.args.args
+    return bool(args) and args[0].arg == "self" and not decorators & {"staticmethod", "classmethod"}
+
+
+def plain_splitter(func: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+    """The split a ``_split_kv_cache(self, kv_cache)`` method returns, over ``kv_cache``.
+
+    Only a body that is (a docstring and) one ``return`` of an expression of its cache
+    parameter counts; anything else (an ``as_strided`` branch for ENCODER_DECODER, say)
+    gives "" so that the fixer never claims to know what it returns.
+    """
+    body = list(func.body)
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    args = func.args.posonlyargs + func.args.args
+    if len(body) != 1 or not isinstance(body[0], ast.Return) or body[0].value is None:
+        return ""
+    if len(args) != 2 or args[0].arg != "self":
+        return ""
+    param = args[1].arg
+    value = body[0].value
+
+    class _Rename(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.Name:
+            if node.id == param:
+                return ast.Name("kv_cache", node.ctx)
+            if node.id == "kv_cache":
+                return ast.Name("__kvguard_shadowed__", node.ctx)
+            return node
+
+    return ast.unparse(_Rename().visit(value))
 
 
 def _targets(node: ast.AST) -> list[ast.expr]:

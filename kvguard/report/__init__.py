@@ -15,4 +15,6 @@ def summary(result: Result) -> dict[str, object]:
         "errors": len(result.errors),
         "by_code": dict(sorted(counts.items())),
         "files_with_findings": len({f.path for f in result.findings}),
+        "fixable": sum(f.fix is not None for f in result.findings),
+        **({"fixed": result.fixed} if result.fixed is not None else {}),
     }

@@ -51,6 +51,9 @@ def render(result: Result, catalog: dict[str, Rule]) -> str:
         }
         if f.code in catalog:
             entry["ruleIndex"] = codes.index(f.code)
+        # SARIF's own `fixes` need byte-range replacements; kvguard's fixes are module
+        # transforms, so their availability goes in the property bag
+        entry["properties"] = {"fix": f.fix.to_dict() if f.fix else None}
         results.append(entry)
     notifications = [
         {

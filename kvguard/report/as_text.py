@@ -33,8 +33,10 @@ def _excerpt(path: str, line: int, column: int, end_line: int, end_column: int) 
     ]
 
 
-def render(result: Result, catalog: dict[str, Rule], statistics: bool, color: bool) -> str:
-    """Markup for rich when ``color``; otherwise plain text."""
+def render(
+    result: Result, catalog: dict[str, Rule], statistics: bool, color: bool, unsafe: bool = False
+) -> str:
+    """Markup for rich when ``color``; otherwise plain text. ``[*]``: ``--fix`` fixes it."""
 
     def style(text: str, tag: str) -> str:
         if not color:
@@ -53,8 +55,10 @@ def render(result: Result, catalog: dict[str, Rule], statistics: bool, color: bo
     out: list[str] = []
     for f in result.findings:
         tag = {"error": "bold red", "warning": "yellow", "advice": "cyan"}.get(f.severity, "red")
+        marker = plain("[*] ") if _fixable(f, unsafe) else ""
         out.append(
-            f"{style(f.path, 'bold')}:{f.line}:{f.column}: {style(f.code, tag)} {plain(f.message)}"
+            f"{style(f.path, 'bold')}:{f.line}:{f.column}: {style(f.code, tag)} "
+            f"{marker}{plain(f.message)}"
         )
         out.extend(
             style(x, "blue") if i != 1 else plain(x)
@@ -70,8 +74,36 @@ def render(result: Result, catalog: dict[str, Rule], statistics: bool, color: bo
         for code, count in counts.most_common():
             name = catalog[code].name if code in catalog else ""
             out.append(f"{count:>5}  {code}  {name}")
+    hint = _fix_hint(result, unsafe)
+    if hint:  # before the summary, which stays the last line
+        out.append(plain(hint))
     out.append(_summary_line(result, style))
     return "\n".join(out)
+
+
+def _fixable(finding, unsafe: bool) -> bool:  # type: ignore[no-untyped-def]
+    fix = finding.fix
+    return fix is not None and (
+        fix.applicability == "safe" or (unsafe and fix.applicability == "unsafe")
+    )
+
+
+def _fix_hint(result: Result, unsafe: bool) -> str:
+    """ruff's line: how many findings --fix would fix, and how many need --unsafe-fixes."""
+    fixable = sum(_fixable(f, unsafe) for f in result.findings)
+    hidden = (
+        0
+        if unsafe
+        else sum(f.fix is not None and f.fix.applicability == "unsafe" for f in result.findings)
+    )
+    parts = []
+    if fixable:
+        option = "`--fix --unsafe-fixes`" if unsafe else "`--fix`"
+        parts.append(f"[*] {fixable} fixable with {option}.")
+    if hidden:
+        s = "es" if hidden != 1 else ""
+        parts.append(f"({hidden} hidden fix{s} can be enabled with `--unsafe-fixes`.)")
+    return " ".join(parts)
 
 
 def _summary_line(result: Result, style) -> str:  # type: ignore[no-untyped-def]

@@ -27,7 +27,17 @@ from kvguard.catalog import load_catalog
 
 ANSI = re.compile(r"\x1b\[")
 CATALOG = load_catalog()
-FINDING_KEYS = ["path", "line", "column", "end_line", "end_column", "code", "severity", "message"]
+FINDING_KEYS = [
+    "path",
+    "line",
+    "column",
+    "end_line",
+    "end_column",
+    "code",
+    "severity",
+    "message",
+    "fix",
+]
 BAD_MESSAGE_START = "raw K/V split `kv_cache.unbind(1)` assumes K/V on axis 1 of `kv_cache`"
 BAD_CARET = "  |                              ^^^^^^^^^^^^^^^^^^"
 
@@ -53,6 +63,7 @@ def test_text_output_exact(kvguard, project: Path) -> None:
         f"2 | {BAD_LINE}",
         BAD_CARET,
         "",
+        "(1 hidden fix can be enabled with `--unsafe-fixes`.)",
         "Found 1 finding (1 KVG001) in 2 files.",
     ]
     assert proc.stdout.endswith("\n")
@@ -138,10 +149,11 @@ def test_statistics(kvguard, tmp_path: Path) -> None:
     proc = kvguard("check", "--statistics", ".")
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
-    assert lines[-4:] == [
+    assert lines[-5:] == [
         "",
         "    4  KVG001  raw-kv-split",
         "    1  KVG004  scattered-splits",
+        "[*] 4 fixable with `--fix`. (1 hidden fix can be enabled with `--unsafe-fixes`.)",
         "Found 5 findings (4 KVG001, 1 KVG004) in 2 files.",
     ]
     # statistics come after, not instead of, the findings
@@ -166,7 +178,10 @@ def test_json_exact_shape(kvguard, project: Path) -> None:
     for finding in data["findings"]:
         assert list(finding) == FINDING_KEYS
         assert finding["message"].startswith(BAD_MESSAGE_START)
-    stripped = [{k: v for k, v in f.items() if k != "message"} for f in data["findings"]]
+    stripped = [
+        {k: v for k, v in f.items() if k not in ("message", "fix")} for f in data["findings"]
+    ]
+    assert [f["fix"]["applicability"] for f in data["findings"]] == ["unsafe", "unsafe"]
     line, column, end_line, end_column = BAD_SPAN
     base = {
         "line": line,
