@@ -139,6 +139,7 @@ class Guard:
         self._lock = threading.RLock()
         self._local = threading.local()
         self._cache: dict[tuple, _Entry] = {}
+        self._fast: dict[tuple, tuple[weakref.ref, _Entry]] = {}
         self._keys_by_storage: dict[int, set[tuple]] = {}
         self._keys_by_impl: dict[int, set[tuple]] = {}
         self._impl_refs: dict[int, Any] = {}
@@ -263,6 +264,9 @@ class Guard:
     def _wrap_method(self, fn, params: list[str]):
         layer_pos, kv_pos = params.index("layer"), params.index("kv_cache")
         cache = self._cache
+        # Engines pass the same kv_cache object every step: its identity (a weakref, so the
+        # cache can still be freed) stands for the metadata key until an entry changes.
+        fast = self._fast
         is_compiling = torch.compiler.is_compiling
         tensor = torch.Tensor
         method = id(fn)  # each method may split differently (forward vs cache update)
@@ -273,12 +277,18 @@ class Guard:
                 return fn(impl, *args, **kwargs)
             kv = args[kv_pos] if len(args) > kv_pos else kwargs.get("kv_cache")
             layer = args[layer_pos] if len(args) > layer_pos else kwargs.get("layer")
-            if not isinstance(kv, tensor):
-                return fn(impl, *args, **kwargs)
-            key = (method, id(impl), id(layer), kv.data_ptr(), kv.shape, kv.stride(), kv.dtype)
-            entry = cache.get(key)
-            if entry is None:
-                return self._first_sight(fn, impl, layer, kv, key, kv_pos, args, kwargs)
+            seat = (method, id(impl), id(layer))
+            hit = fast.get(seat)
+            if hit is not None and hit[0]() is kv:
+                entry = hit[1]
+            else:
+                if not isinstance(kv, tensor):
+                    return fn(impl, *args, **kwargs)
+                key = (*seat, kv.data_ptr(), kv.shape, kv.stride(), kv.dtype)
+                entry = cache.get(key)
+                if entry is None:
+                    return self._first_sight(fn, impl, layer, kv, key, kv_pos, args, kwargs)
+                fast[seat] = (weakref.ref(kv), entry)
             action = entry.action
             if action == _PASS:
                 return fn(impl, *args, **kwargs)
@@ -425,6 +435,7 @@ class Guard:
         storage = kv.untyped_storage()
         ptr = storage.data_ptr()
         with self._lock:
+            self._fast.clear()
             self._cache[key] = entry
             self._untouched.pop(key, None)
             self._keys_by_storage.setdefault(ptr, set()).add(key)
@@ -440,12 +451,14 @@ class Guard:
 
     def _forget_impl(self, impl_id: int, _ref: Any = None) -> None:
         with self._lock:
+            self._fast.clear()
             self._impl_refs.pop(impl_id, None)
             for key in self._keys_by_impl.pop(impl_id, ()):
                 self._cache.pop(key, None)
 
     def _forget_storage(self, ptr: int, alloc: _Allocation, _ref: Any = None) -> None:
         with self._lock:
+            self._fast.clear()
             alloc.freed = True
             if self._allocs.get(ptr) is alloc:
                 del self._allocs[ptr]
