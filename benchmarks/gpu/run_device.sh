@@ -15,14 +15,6 @@ if [ -f .vllm-src/triton-cache.tgz ]; then tar xzf .vllm-src/triton-cache.tgz -C
 
 python3 -m pytest tests/gpu -v -rfEsxX -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log"
 
-# gpu-patches/0001 applied to a scratch copy: every test, the xfail ones included, must pass.
-if [ -f .vllm-src/0001.patch ]; then
-  rm -rf /tmp/kvguard-patched && cp -r . /tmp/kvguard-patched
-  (cd /tmp/kvguard-patched && patch -p1 -s < .vllm-src/0001.patch &&
-    python3 -m pytest tests/gpu -q -p no:cacheprovider --runxfail) 2>&1 |
-    tee "$OUT/pytest-patched.log"
-fi
-
 # Twice: the spread between two identical runs says how far the ratios can be trusted.
 for run in 1 2; do
   PYTHONPATH=. python3 benchmarks/gpu/triton_guard_overhead.py --json "$OUT/bench-$run.json" 2>&1 |
