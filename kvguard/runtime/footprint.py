@@ -12,10 +12,12 @@ one block (every element of a block lies in it; padding between elements is allo
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UnsupportedView
+
+if TYPE_CHECKING:  # the arithmetic needs no torch, so reports render without it
+    import torch
 
 
 @dataclass(frozen=True)
