@@ -618,9 +618,14 @@ class Guard:
 
     def _violation(self, alloc, record, other, invariant, collisions, pm, fix) -> dict:
         other_record = self._layers.get(other)
+        declared = other_record is None and pm is not None and pm.source.startswith("declared")
+        who = (
+            f"layer {record['name']!r} and the page map its engine declared for it disagree"
+            if declared
+            else f"layers {record['name']!r} and {other!r} disagree"
+        )
         lines = [
-            f"kvguard: layers {record['name']!r} and {other!r} disagree on which bytes the "
-            "KV-cache block ids own"
+            f"kvguard: {who} on which bytes the KV-cache block ids own"
             + (
                 f" in allocation #{alloc.id} (storage {alloc.storage_ptr:#x}, {alloc.nbytes} "
                 "bytes)."
