@@ -1,11 +1,12 @@
 """Run one tiny offline vLLM engine and write its greedy outputs as JSON (run as a script).
 
-    python -m tests.vllm.engine_run MODEL_KIND MODEL_DIR OUT_JSON [--rounds N]
+    python -m tests.vllm.engine_run MODEL_KIND MODEL_DIR OUT_JSON [--rounds N] [--repeat R]
 
 MODEL_KIND is llama, gemma3 or whisper; the model directory is built by `tiny_models.py`
 (config only: weights are vLLM's dummy load). Everything that switches the guard on or off
 comes from the environment (KVGUARD_MODE, VLLM_PLUGINS, ...), exactly as a user sets it.
 The engine is created under `if __name__ == "__main__"` because vLLM spawns its processes.
+With --repeat R (the benchmark), one untimed warm-up generate is followed by R timed ones.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def _requests(kind: str, model_dir: str, rounds: int):
 def main(argv: list[str]) -> int:
     kind, model_dir, out = argv[:3]
     rounds = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 1
+    repeat = int(argv[argv.index("--repeat") + 1]) if "--repeat" in argv else 0
     from vllm import LLM, SamplingParams
 
     kwargs = dict(
@@ -64,13 +66,17 @@ def main(argv: list[str]) -> int:
         llm = LLM(**kwargs)
         params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
         requests = _requests(kind, model_dir, rounds)
-        start = time.perf_counter()
-        outputs = llm.generate(requests, params, use_tqdm=False)
-        elapsed = time.perf_counter() - start
+        if repeat:
+            llm.generate(requests, params, use_tqdm=False)
+        seconds = []
+        for _ in range(max(repeat, 1)):
+            start = time.perf_counter()
+            outputs = llm.generate(requests, params, use_tqdm=False)
+            seconds.append(time.perf_counter() - start)
         result = {
             "ok": True,
             "tokens": [list(o.outputs[0].token_ids) for o in outputs],
-            "seconds": elapsed,
+            "seconds": seconds,
             "generated": sum(len(o.outputs[0].token_ids) for o in outputs),
         }
     except Exception as exc:  # the test reads what the user would see

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 
 import torch
-
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
 
 SPLIT_ENV = "KVGUARD_TEST_SPLIT"

