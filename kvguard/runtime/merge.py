@@ -74,10 +74,12 @@ def summary_table(merged: dict[str, Any]) -> Table:
         title=f"kvguard: {totals['processes']} process(es), {totals['allocations']} "
         f"allocation(s), {totals['layers']} layer(s), {totals['violations']} violation(s)"
     )
-    for col in ("process", "mode", "layer", "impl", "attn type", "alloc", "page map", "status"):
+    columns = ("process", "mode", "layer", "impl", "backend", "attn type", "alloc", "page map")
+    for col in (*columns, "status"):
         table.add_column(col)
     for report in merged["processes"]:
         allocs = {a["id"]: a for a in report["allocations"]}
+        backends = {b["layer"]: b.get("backend") for b in report.get("bindings", [])}
         for layer in report["layers"]:
             alloc = allocs.get(layer["allocation"])
             page_map = "-"
@@ -92,6 +94,7 @@ def summary_table(merged: dict[str, Any]) -> Table:
                 str(report.get("mode", "?")),
                 layer["name"],
                 layer["impl"],
+                backends.get(layer["name"]) or "-",
                 layer["attn_type"],
                 "-" if layer["allocation"] is None else str(layer["allocation"]),
                 page_map,

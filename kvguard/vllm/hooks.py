@@ -7,16 +7,22 @@
    binds them to layers, in vLLM 0.2x and newer alike) is wrapped once its module is imported:
    afterwards each layer's bound cache, attention type, backend and KV-sharing target are
    recorded, and every `KVCacheTensor` that states its page map is declared to the guard.
+3. A violation that stops a worker reaches the user in full: the worker logs it at ERROR and
+   leaves it in a file named by KVGUARD_ERROR_FILE (set by the first process, inherited by the
+   ones it starts), and vLLM's `EngineDeadError` in the user's process carries it.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import importlib
 import importlib.abc
 import logging
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +38,8 @@ IMPL_BASES = (
     ("vllm.v1.attention.backend", "AttentionImpl"),
     ("vllm.attention.backends.abstract", "AttentionImpl"),
 )
+ENGINE_ERRORS_MODULE = "vllm.v1.engine.exceptions"
+ERROR_FILE_ENV = "KVGUARD_ERROR_FILE"
 RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"
 RUNNER_CLASS = "GPUModelRunner"
 BINDING_METHOD = "initialize_kv_cache_tensors"
@@ -53,6 +61,7 @@ def install(mode: str) -> Guard:
             from .reports import start
 
             _state["writer"] = start(directory, guard, bindings)
+    _share_errors_with_the_user()
     wrapped = _wrap_impl_classes(guard)
     after_import(RUNNER_MODULE, _hook_binding)
     logger.info("kvguard: guard on (mode %s), %d attention impl classes wrapped", mode, wrapped)
@@ -72,9 +81,57 @@ def _on_violation(violation: dict[str, Any]) -> None:
         # The exception travels through vLLM's engine core, which may report only a generic
         # engine failure to the user: say it here too, in full, from the worker itself.
         logger.error("%s", violation["message"])
+        _leave_for_the_user(violation["message"])
     writer = _state.get("writer")
     if writer is not None:
         writer.on_violation(violation)
+
+
+# 3. Errors that must reach the user's process --------------------------------------------
+def _share_errors_with_the_user() -> None:
+    path = os.environ.get(ERROR_FILE_ENV)
+    if path is None:  # the first process: its children inherit the name
+        path = os.path.join(tempfile.gettempdir(), f"kvguard-{os.getpid()}-error.txt")
+        os.environ[ERROR_FILE_ENV] = path
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        atexit.register(_remove_quietly, path)
+        after_import(ENGINE_ERRORS_MODULE, _carry_in_engine_dead_error)
+    _state["error_file"] = path
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def _leave_for_the_user(message: str) -> None:
+    path = _state.get("error_file")
+    if path and not os.path.exists(path):  # the first violation is the one to read
+        with contextlib.suppress(OSError), open(path, "w", encoding="utf-8") as f:
+            f.write(message)
+
+
+def _carry_in_engine_dead_error(module: Any) -> None:
+    cls = getattr(module, "EngineDeadError", None)
+    if not isinstance(cls, type) or getattr(cls.__init__, "__kvguard_carries__", False):
+        return
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        path = _state.get("error_file")
+        try:
+            with open(path, encoding="utf-8") as f:  # type: ignore[arg-type]
+                message = f.read()
+        except (OSError, TypeError):
+            return
+        if message and self.args:
+            self.args = (f"{self.args[0]}\n{message}", *self.args[1:])
+
+    __init__.__kvguard_carries__ = True
+    cls.__init__ = __init__
 
 
 # 1. Impl classes --------------------------------------------------------------------------

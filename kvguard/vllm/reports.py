@@ -31,12 +31,11 @@ class ReportWriter:
         self._wrote_violation = False
 
     def process(self) -> dict[str, Any]:
-        env = os.environ
         return {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "argv0": sys.argv[0] if sys.argv else "",
-            "rank": env.get("RANK") or env.get("LOCAL_RANK"),
+            "rank": _rank(),
             "mode": self.guard.mode,
         }
 
@@ -60,6 +59,17 @@ class ReportWriter:
         if not self._wrote_violation:
             self._wrote_violation = True
             self.write()
+
+
+def _rank() -> int | str | None:
+    """This process's rank in vLLM's world group, when vLLM has set one up."""
+    parallel_state = sys.modules.get("vllm.distributed.parallel_state")
+    if parallel_state is not None:
+        try:
+            return parallel_state.get_world_group().rank
+        except Exception:  # not initialised (the API server), or an API this adapter predates
+            pass
+    return os.environ.get("RANK") or os.environ.get("LOCAL_RANK")
 
 
 def start(directory: str, guard: Any, bindings: list[dict[str, Any]]) -> ReportWriter:
