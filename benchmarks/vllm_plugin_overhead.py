@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from tests.vllm import tiny_models  # noqa: E402
 
 ROUNDS = 8  # 24 prompts x 12 tokens per generate call
-REPEAT = 5  # timed generate calls per engine, after one warm-up call
+REPEAT = 8  # timed generate calls per engine, after one warm-up call
 OTHER_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver"  # vLLM's own, minus kvguard
 
 
@@ -33,8 +33,10 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def throughput(kind: str, model: Path, mode: str | None, work: Path) -> float:
-    """Generated tokens per second: the median of REPEAT timed generate calls."""
+def throughput(kind: str, model: Path, mode: str | None, work: Path) -> tuple[float, float]:
+    """Generated tokens per second of wall time and of the engine process's CPU time, each
+    from the best of REPEAT timed generate calls: on a shared machine the best call is the
+    one least disturbed by other processes, and CPU time is disturbed far less than wall."""
     out = work / f"{kind}-{mode}-{os.urandom(4).hex()}.json"
     env = _env(**({"KVGUARD_MODE": mode} if mode else {}))
     cmd = [sys.executable, "-m", "tests.vllm.engine_run", kind, str(model), str(out)]
@@ -43,7 +45,8 @@ def throughput(kind: str, model: Path, mode: str | None, work: Path) -> float:
     result = json.loads(out.read_text())
     if not result["ok"]:
         raise RuntimeError(result["traceback"])
-    return result["generated"] / statistics.median(result["seconds"])
+    n = result["generated"]
+    return n / min(result["seconds"]), n / min(result["cpu_seconds"])
 
 
 LOAD = (
@@ -69,7 +72,7 @@ def plugin_load(**env: str) -> tuple[float, bool]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="llama,gemma3,whisper")
-    parser.add_argument("--pairs", type=int, default=2, help="off/warn engine pairs per model")
+    parser.add_argument("--pairs", type=int, default=3, help="off/warn engine pairs per model")
     parser.add_argument("--loads", type=int, default=15, help="plugin loads per variant")
     args = parser.parse_args()
 
@@ -91,22 +94,24 @@ def main() -> int:
     )
 
     print(
-        f"engine throughput, warn mode vs plugin off ({ROUNDS * 3} prompts x 12 tokens, "
-        f"median of {REPEAT} generate calls, multiprocessing off):"
+        f"engine throughput, warn mode vs plugin off ({ROUNDS * 3} prompts x 12 tokens, best of "
+        f"{REPEAT} generate calls per engine and of {args.pairs} engines per mode, "
+        "multiprocessing off):"
     )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for kind in args.models.split(","):
             model = tiny_models.BUILDERS[kind](work / kind)
             off, warn = [], []
-            for _ in range(args.pairs):
+            for _ in range(args.pairs):  # interleaved, so drift hits both alike
                 off.append(throughput(kind, model, None, work))
                 warn.append(throughput(kind, model, "warn", work))
-            ratio = statistics.median(warn) / statistics.median(off)
-            print(
-                f"  {kind:7s} off {statistics.median(off):8.1f} tok/s   warn "
-                f"{statistics.median(warn):8.1f} tok/s   ratio {ratio:.3f} (target >= 0.98)"
-            )
+            for i, clock in enumerate(("wall", "cpu")):
+                a, b = max(t[i] for t in off), max(t[i] for t in warn)
+                print(
+                    f"  {kind:7s} {clock:4s} off {a:8.1f} tok/s   warn {b:8.1f} tok/s   "
+                    f"ratio {b / a:.3f} (target >= 0.98)"
+                )
     return 0
 
 
