@@ -29,7 +29,15 @@ OTHER_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver"  # vLLM's own, m
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KVGUARD_", "VLLM_"))}
-    env.update(PYTHONPATH=str(REPO), VLLM_ENABLE_V1_MULTIPROCESSING="0", **extra)
+    env.update(
+        PYTHONPATH=str(REPO),
+        VLLM_ENABLE_V1_MULTIPROCESSING="0",
+        # One unbound OpenMP thread: on a shared machine, threads pinned to busy cores spin
+        # at barriers and make kernel times (and so any ratio) swing by 3x between runs.
+        OMP_NUM_THREADS="1",
+        VLLM_CPU_OMP_THREADS_BIND="nobind",
+        **extra,
+    )
     return env
 
 
@@ -54,6 +62,22 @@ LOAD = (
     "t = time.perf_counter(); p.load_general_plugins(); t = time.perf_counter() - t\n"
     "import sys; print(t, int(any(m.startswith('kvguard.') for m in sys.modules)))\n"
 )
+
+
+OURS = (
+    "import time\n"
+    "from importlib.metadata import entry_points\n"
+    "(ep,) = [e for e in entry_points(group='vllm.general_plugins') if e.name == 'kvguard']\n"
+    "t = time.perf_counter(); ep.load()(); print(time.perf_counter() - t)\n"
+)
+
+
+def kvguard_entry_point() -> float:
+    """Seconds to import and call kvguard's entry point alone, as vLLM does, mode unset."""
+    proc = subprocess.run(
+        [sys.executable, "-c", OURS], env=_env(), check=True, capture_output=True, text=True
+    )
+    return float(proc.stdout)
 
 
 def plugin_load(**env: str) -> tuple[float, bool]:
@@ -92,6 +116,9 @@ def main() -> int:
         f"  difference: {(a - b) * 1e3:+.2f} ms (spread of the peer: "
         f"{(max(without) - min(without)) * 1e3:.2f} ms)"
     )
+
+    ours = statistics.median(kvguard_entry_point() for _ in range(args.loads))
+    print(f"  kvguard's entry point alone (load + call, mode unset): median {ours * 1e6:.0f} us")
 
     print(
         f"engine throughput, warn mode vs plugin off ({ROUNDS * 3} prompts x 12 tokens, best of "
