@@ -109,14 +109,12 @@ def main() -> int:
         t, loaded = plugin_load(VLLM_PLUGINS=OTHER_PLUGINS)
         assert not loaded
         without.append(t)
-    a, b = statistics.median(with_kvguard), statistics.median(without)
-    print(f"  KVGUARD_MODE unset, kvguard loaded: median {a * 1e3:7.2f} ms")
-    print(f"  VLLM_PLUGINS without kvguard:       median {b * 1e3:7.2f} ms")
-    print(
-        f"  difference: {(a - b) * 1e3:+.2f} ms (spread of the peer: "
-        f"{(max(without) - min(without)) * 1e3:.2f} ms)"
-    )
-
+    for name, pick in (("median", statistics.median), ("best", min)):
+        a, b = pick(with_kvguard), pick(without)
+        print(
+            f"  {name:6s} KVGUARD_MODE unset, kvguard loaded {a * 1e3:7.2f} ms   VLLM_PLUGINS "
+            f"without kvguard {b * 1e3:7.2f} ms   difference {(a - b) * 1e3:+.2f} ms"
+        )
     ours = statistics.median(kvguard_entry_point() for _ in range(args.loads))
     print(f"  kvguard's entry point alone (load + call, mode unset): median {ours * 1e6:.0f} us")
 

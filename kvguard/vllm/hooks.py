@@ -3,10 +3,11 @@
 1. Every subclass of vLLM's attention impl base is wrapped with the guard: the ones that exist
    when the plugin loads, and, through an `__init_subclass__` hook on the base, every one
    defined later (backends are imported lazily; models define their own impls).
-2. The model runner's `initialize_kv_cache_tensors` (the method that allocates the caches and
-   binds them to layers, in vLLM 0.2x and newer alike) is wrapped once its module is imported:
-   afterwards each layer's bound cache, attention type, backend and KV-sharing target are
-   recorded, and every `KVCacheTensor` that states its page map is declared to the guard.
+2. The functions that allocate the caches and bind them to layers are wrapped once their
+   modules are imported: the model runner's `initialize_kv_cache_tensors` (vLLM 0.2x and newer
+   alike) and model runner V2's `init_kv_cache`. Afterwards each layer's bound cache, attention
+   type, backend and KV-sharing target are recorded, and every `KVCacheTensor` that states its
+   page map is declared to the guard.
 3. A violation that stops a worker reaches the user in full: the worker logs it at ERROR and
    leaves it in a file named by KVGUARD_ERROR_FILE (set by the first process, inherited by the
    ones it starts), and vLLM's `EngineDeadError` in the user's process carries it.
@@ -43,6 +44,8 @@ ERROR_FILE_ENV = "KVGUARD_ERROR_FILE"
 RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"
 RUNNER_CLASS = "GPUModelRunner"
 BINDING_METHOD = "initialize_kv_cache_tensors"
+V2_BINDING_MODULE = "vllm.v1.worker.gpu.attn_utils"  # model runner V2 imports it by name:
+V2_BINDING_FUNCTION = "init_kv_cache"  # patched as soon as the module is, before that import
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -64,6 +67,7 @@ def install(mode: str) -> Guard:
     _share_errors_with_the_user()
     wrapped = _wrap_impl_classes(guard)
     after_import(RUNNER_MODULE, _hook_binding)
+    after_import(V2_BINDING_MODULE, _hook_v2_binding)
     logger.info("kvguard: guard on (mode %s), %d attention impl classes wrapped", mode, wrapped)
     return guard
 
@@ -202,26 +206,48 @@ def _hook_binding(module: Any) -> None:
     @functools.wraps(method)
     def initialize_kv_cache_tensors(self, kv_cache_config, *args, **kwargs):
         result = method(self, kv_cache_config, *args, **kwargs)
-        try:
-            on_caches_bound(self, kv_cache_config)
-        except Exception:  # never break engine start-up over bookkeeping
-            logger.exception("kvguard: could not read vLLM's cache binding")
+        context = getattr(self, "compilation_config", None)
+        _after_binding(getattr(context, "static_forward_context", None), kv_cache_config)
         return result
 
     initialize_kv_cache_tensors.__kvguard_binding__ = True
     setattr(runner, BINDING_METHOD, initialize_kv_cache_tensors)
 
 
-def on_caches_bound(runner: Any, kv_cache_config: Any) -> None:
-    """Record what vLLM just bound to each layer and declare the stated page maps."""
-    guard = _state.get("guard")
-    if guard is None:
+def _hook_v2_binding(module: Any) -> None:
+    function = getattr(module, V2_BINDING_FUNCTION, None)
+    if function is None or getattr(function, "__kvguard_binding__", False):
         return
-    context = getattr(getattr(runner, "compilation_config", None), "static_forward_context", {})
+
+    @functools.wraps(function)
+    def init_kv_cache(*args, **kwargs):
+        result = function(*args, **kwargs)
+        context = kwargs.get("forward_context", args[0] if args else None)
+        config = kwargs.get("kv_cache_config", args[1] if len(args) > 1 else None)
+        _after_binding(context, config)
+        return result
+
+    init_kv_cache.__kvguard_binding__ = True
+    setattr(module, V2_BINDING_FUNCTION, init_kv_cache)
+
+
+def _after_binding(context: Any, kv_cache_config: Any) -> None:
+    try:
+        on_caches_bound(context, kv_cache_config)
+    except Exception:  # never break engine start-up over bookkeeping
+        logger.exception("kvguard: could not read vLLM's cache binding")
+
+
+def on_caches_bound(context: Any, kv_cache_config: Any) -> None:
+    """Record what vLLM just bound to each layer of `context` (layer name -> attention layer,
+    vLLM's static forward context) and declare the page maps `kv_cache_config` states."""
+    guard = _state.get("guard")
+    if guard is None or not isinstance(context, dict):
+        return
     bound: dict[str, Any] = {}
     sharing: dict[str, str] = {}
     records = []
-    for name, layer in dict(context or {}).items():
+    for name, layer in dict(context).items():
         impl = getattr(layer, "impl", None)
         if impl is None:
             continue
