@@ -1,4 +1,4 @@
-"""``kvguard check``, ``kvguard rule CODE``, ``kvguard rules``.
+"""``kvguard check``, ``kvguard rule CODE``, ``kvguard rules``, ``kvguard report DIR``.
 
 Exit codes, as ruff: 0 clean, 1 findings, 2 usage error or a path that could not be analyzed.
 Nothing heavy is imported before it is needed: pre-commit runs this on every commit.
@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     rule.add_argument("code")
     rules = sub.add_parser("rules", help="list the rules")
     rules.add_argument("--format", choices=["text", "json"], default="text")
+
+    report = sub.add_parser("report", help="merge and render the runtime guard's KVGUARD_REPORT")
+    report.add_argument("directory", type=Path, metavar="DIR")
+    report.add_argument("--format", choices=["text", "json"], default="text")
+    report.add_argument("--svg", type=Path, help="also save the rendering as an SVG file")
     return parser
 
 
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             return _rule(args.code)
         if args.command == "rules":
             return _rules(args.format)
+        if args.command == "report":
+            return _report(args)
     except KeyboardInterrupt:
         return 130
     parser.print_help()
@@ -290,3 +297,30 @@ def _rules(fmt: str) -> int:
     for rule in catalog.values():
         sys.stdout.write(f"{rule.code}  {rule.name:<36} {rule.severity:<8} {rule.summary}\n")
     return EXIT_CLEAN
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Exit 0 when no process saw a violation, 1 when one did, 2 for unreadable input."""
+    from kvguard.runtime.merge import ReportError, load_reports, merge
+
+    try:
+        merged = merge(load_reports(args.directory))
+    except ReportError as exc:
+        return _fail(str(exc))
+    if args.format == "json":
+        import json
+
+        sys.stdout.write(json.dumps(merged, indent=1) + "\n")
+    else:
+        import io
+
+        from rich.console import Console
+
+        from kvguard.runtime.merge import render
+
+        render(merged, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
+        if args.svg is not None:
+            recording = Console(record=True, width=160, file=io.StringIO())
+            render(merged, recording)
+            recording.save_svg(str(args.svg), title="kvguard report")
+    return EXIT_FINDINGS if merged["totals"]["violations"] else EXIT_CLEAN

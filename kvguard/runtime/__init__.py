@@ -28,20 +28,57 @@ trace. CUDA graphs: steady state touches no tensor and no device, so it is captu
 discovery must happen on an eager (warm-up) call, which engines do before capturing.
 """
 
-from .errors import KVLayoutMismatchError, UnsupportedView
-from .guard import Guard
-from .layouts import (
-    BLOCKS_FIRST,
-    BLOCKS_FIRST_HND,
-    KV_FIRST,
-    KV_FIRST_HND,
-    LATENT,
-    LAYOUTS,
-    PACKED_HND,
-    PACKED_NHD,
-    KVLayout,
-    split_kv_cache,
-)
+from typing import TYPE_CHECKING, Any
+
+# Exports load on first use: `kvguard report` renders saved reports (render.py, pagemap.py,
+# footprint.py) without importing torch, which only guard.py and layouts.py need.
+_EXPORTS = {
+    "Guard": "guard",
+    "KVLayoutMismatchError": "errors",
+    "UnsupportedView": "errors",
+    **{
+        name: "layouts"
+        for name in (
+            "BLOCKS_FIRST",
+            "BLOCKS_FIRST_HND",
+            "KV_FIRST",
+            "KV_FIRST_HND",
+            "LATENT",
+            "LAYOUTS",
+            "PACKED_HND",
+            "PACKED_NHD",
+            "KVLayout",
+            "split_kv_cache",
+        )
+    },
+}
+
+if TYPE_CHECKING:
+    from .errors import KVLayoutMismatchError, UnsupportedView
+    from .guard import Guard
+    from .layouts import (
+        BLOCKS_FIRST,
+        BLOCKS_FIRST_HND,
+        KV_FIRST,
+        KV_FIRST_HND,
+        LATENT,
+        LAYOUTS,
+        PACKED_HND,
+        PACKED_NHD,
+        KVLayout,
+        split_kv_cache,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BLOCKS_FIRST",

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, replace
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UnsupportedView
+
+if TYPE_CHECKING:  # the arithmetic needs no torch, so reports render without it
+    import torch
 
 
 @dataclass(frozen=True)

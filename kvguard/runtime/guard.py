@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,13 +130,18 @@ class Guard:
     mode: "off" (wrap returns the class untouched), "warn" (log once per allocation and layer,
     proceed), "strict" (raise KVLayoutMismatchError before any kernel runs) or "fix" (hand the
     kernels views re-strided onto the allocation's page map). None reads KVGUARD_MODE.
+    on_violation, if given, is called with each violation's dict as it is recorded (before
+    strict mode raises), e.g. to save the report the moment something goes wrong.
     """
 
-    def __init__(self, mode: str | None = None) -> None:
+    def __init__(
+        self, mode: str | None = None, on_violation: Callable[[dict], None] | None = None
+    ) -> None:
         mode = (mode if mode is not None else os.environ.get("KVGUARD_MODE", "off")).lower()
         if mode not in MODES:
             raise ValueError(f"Guard mode must be one of {', '.join(MODES)}; got {mode!r}")
         self.mode = mode
+        self._on_violation = on_violation
         self._lock = threading.RLock()
         self._local = threading.local()
         self._cache: dict[tuple, _Entry] = {}
@@ -543,7 +549,7 @@ class Guard:
             violation = self._check(alloc, record, geoms, verdict)
             if violation is not None:
                 record["status"] = "violation"
-                self._violations.append(violation)
+                self._record_violation(violation)
                 verdict["violation"] = violation
             else:
                 verdict["fix"] = None
@@ -552,6 +558,14 @@ class Guard:
         with self._lock:
             self._verdicts[(name, alloc.id, tuple(geoms))] = verdict
         return verdict
+
+    def _record_violation(self, violation: dict[str, Any]) -> None:
+        self._violations.append(violation)
+        if self._on_violation is not None:
+            try:
+                self._on_violation(violation)
+            except Exception:  # a reporting hook must never break the engine's forward pass
+                logger.exception("kvguard: the on_violation hook failed")
 
     def _page_map_for(self, alloc: _Allocation, name: str, geoms: list[ViewGeometry]):
         if name in alloc.declared:
@@ -680,7 +694,7 @@ class Guard:
                         None,
                         _permuted_like(mine, geoms),
                     )
-                    self._violations.append(v)
+                    self._record_violation(v)
                     logger.warning("%s", v["message"])
 
     def _page_map_owner(self, pm: PageMap) -> str:
@@ -703,9 +717,14 @@ class Guard:
 
     def _violation(self, alloc, record, other, invariant, collisions, pm, fix) -> dict:
         other_record = self._layers.get(other)
+        declared = other_record is None and pm is not None and pm.source.startswith("declared")
+        who = (
+            f"layer {record['name']!r} and the page map its engine declared for it disagree"
+            if declared
+            else f"layers {record['name']!r} and {other!r} disagree"
+        )
         lines = [
-            f"kvguard: layers {record['name']!r} and {other!r} disagree on which bytes the "
-            "KV-cache block ids own"
+            f"kvguard: {who} on which bytes the KV-cache block ids own"
             + (
                 f" in allocation #{alloc.id} (storage {alloc.storage_ptr:#x}, {alloc.nbytes} "
                 "bytes)."

@@ -2,7 +2,8 @@
 
 The layout map puts the allocation's bytes on the x axis (one column per cell of bytes) and
 each layer's K and V footprints of blocks 0..k-1 on the rows; a cell is marked with the block
-id that addresses it, and cells where a layer's block lands in another block's page are red.
+id that addresses any of its bytes, and cells where a layer's block lands in another block's
+page are red. The top row names the block whose page starts each cell (last digit).
 It is drawn from the report's JSON alone, so merged reports of other processes render too.
 """
 
@@ -67,7 +68,7 @@ def layout_map(report: dict[str, Any], violation: dict[str, Any]) -> Text:
         line = Text(f"{'page owner':>28} ")
         for c in range(MAP_COLUMNS):
             owner = pm.owner_of(lo + c * cell)
-            line.append(str(owner % 10) if owner is not None and owner < 10 else ".", "dim")
+            line.append(str(owner % 10) if owner is not None else ".", "dim")
         text.append_text(line)
         text.append("\n")
     for name, g, role in rows:
@@ -77,11 +78,12 @@ def layout_map(report: dict[str, Any], violation: dict[str, Any]) -> Text:
             mark, style = ".", "dim"
             for b in range(min(MAP_BLOCKS, g.num_blocks)):
                 s_lo, s_hi = g.block_span(b)
-                if s_lo <= byte < s_hi:
-                    owner = pm.owner_of(byte) if pm else b
+                if s_lo < byte + cell and byte < s_hi:  # any overlap: narrow spans stay visible
+                    owner = pm.owner_of(max(byte, s_lo)) if pm else b
                     k = pm.blocks_per_page(g) if pm else 1
-                    mark = str(b % 10)
-                    style = "bold white on red" if owner != b // k else "bold green"
+                    if style != "bold white on red":  # one colliding block marks the cell
+                        mark = str(b % 10)
+                        style = "bold white on red" if owner != b // k else "bold green"
             line.append(mark, style)
         text.append_text(line)
         text.append("\n")

@@ -1,0 +1,78 @@
+"""KVGUARD_REPORT=DIR: each process writes its guard report to DIR, at exit and at the first
+violation (a strict-mode engine core may be killed before it can exit cleanly).
+
+One `kvguard-<host>-<pid>.json` per process, written atomically (a temporary file in DIR,
+then `os.replace`), so `kvguard report DIR` never reads half a file. The file is
+`Guard.report()` plus `process` (who wrote it) and `bindings` (what vLLM bound to each layer).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+from typing import Any
+
+logger = logging.getLogger("kvguard")
+
+
+class ReportWriter:
+    def __init__(self, directory: str, guard: Any, bindings: list[dict[str, Any]]) -> None:
+        self.directory = directory
+        self.guard = guard
+        self.bindings = bindings
+        self.path = os.path.join(directory, f"kvguard-{socket.gethostname()}-{os.getpid()}.json")
+        self._lock = threading.Lock()
+        self._wrote_violation = False
+
+    def process(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "argv0": sys.argv[0] if sys.argv else "",
+            "rank": _rank(),
+            "mode": self.guard.mode,
+        }
+
+    def write(self) -> str | None:
+        data = self.guard.report() | {"process": self.process(), "bindings": list(self.bindings)}
+        if not data["layers"] and not data["bindings"]:
+            return None  # a process that never saw a cache (the API server): nothing to say
+        with self._lock:
+            try:
+                os.makedirs(self.directory, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".kvguard-", suffix=".tmp", dir=self.directory)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(data, f, indent=1)
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                logger.warning("kvguard: could not write the report to %s: %s", self.path, exc)
+                return None
+        return self.path
+
+    def on_violation(self, _violation: dict[str, Any]) -> None:
+        if not self._wrote_violation:
+            self._wrote_violation = True
+            self.write()
+
+
+def _rank() -> int | str | None:
+    """This process's rank in vLLM's world group, when vLLM has set one up."""
+    parallel_state = sys.modules.get("vllm.distributed.parallel_state")
+    if parallel_state is not None:
+        try:
+            return parallel_state.get_world_group().rank
+        except Exception:  # not initialised (the API server), or an API this adapter predates
+            pass
+    return os.environ.get("RANK") or os.environ.get("LOCAL_RANK")
+
+
+def start(directory: str, guard: Any, bindings: list[dict[str, Any]]) -> ReportWriter:
+    writer = ReportWriter(directory, guard, bindings)
+    atexit.register(writer.write)
+    return writer
