@@ -19,6 +19,7 @@ import pickle
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvguard import __version__
 from kvguard.cache import Entry, cache_file, content_hash, load, save
@@ -30,7 +31,13 @@ from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
 from kvguard.suppression import ignores_file, is_suppressed, line_suppressions
 
-CACHE_VERSION = f"{__version__}-2"
+if TYPE_CHECKING:
+    from libcst import CSTNode
+    from libcst.metadata import CodeRange
+
+    from kvguard.lint.rules import Report
+
+CACHE_VERSION = f"{__version__}-3"
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 
 Progress = Callable[[int, int], None]
@@ -51,7 +58,7 @@ def kv_names(config: Config) -> KvNames:
 def scan_source(text: str, display: str, names: KvNames) -> FileFacts:
     """Stages 1 and 2 for one file. Raises SourceError for a syntax error."""
     if ignores_file(text) or not names.mentioned_in(text):
-        return FileFacts((), False)
+        return FileFacts(())
     try:
         tree = ast.parse(text, filename=display)
     except SyntaxError as exc:
@@ -69,15 +76,29 @@ def lint_source(
     config: Config,
     index: ProjectIndex,
     severities: dict[str, str],
-    units: frozenset[str] | None = None,
+    facts: FileFacts | None = None,
 ) -> list[Finding]:
-    """Stage 4 for one file: libcst parse, rules, positions, suppressions."""
+    """Stage 4 for one file: libcst parses, rules, positions, suppressions.
+
+    With ``facts`` (from ``scan_source``) libcst parses only the units the ast pass kept;
+    without, the whole module (what a fix needs). Both find the same.
+    """
     import libcst as cst
     from libcst.metadata import MetadataWrapper, PositionProvider
 
-    from kvguard.lint.checker import collect
+    from kvguard.lint.checker import collect, collect_units
     from kvguard.lint.rules import run_rules
+    from kvguard.lint.snippets import SnippetError, Snippets
 
+    names = kv_names(config)
+    if facts is not None:
+        snippets = Snippets(text)
+        try:
+            model = collect_units(snippets, facts, display, names, index)
+        except SnippetError as exc:
+            raise SourceError(f"line {exc.line}: libcst cannot parse this file: {exc}") from None
+        reports = run_rules(model, index)
+        return _findings(reports, snippets.position, text, display, config, severities)
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
@@ -87,15 +108,28 @@ def lint_source(
     except RecursionError:
         raise SourceError("cannot parse: nesting too deep for libcst") from None
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-    model = collect(wrapper.module, display, kv_names(config), index, units)
+    model = collect(wrapper.module, display, names, index)
     reports = run_rules(model, index)
     if not reports:
         return []
     positions = wrapper.resolve(PositionProvider)
+    return _findings(reports, positions.__getitem__, text, display, config, severities)
+
+
+def _findings(
+    reports: list[Report],
+    position: Callable[[CSTNode], CodeRange],
+    text: str,
+    display: str,
+    config: Config,
+    severities: dict[str, str],
+) -> list[Finding]:
+    if not reports:
+        return []
     suppressions = line_suppressions(text)
     findings = []
     for node, code, message in reports:
-        span = positions[node]
+        span = position(node)
         line = span.start.line
         if not config.enabled(code, display) or is_suppressed(suppressions, line, code):
             continue
@@ -160,9 +194,9 @@ def _scan_task(
 
 
 def _lint_task(
-    item: tuple[str, str, str | None, frozenset[str]],
+    item: tuple[str, str, str | None, FileFacts],
 ) -> tuple[str, list[Finding], FileError | None]:
-    display, real, text, units = item
+    display, real, text, facts = item
     if text is None:
         try:
             _, text = read_source(real)
@@ -175,7 +209,7 @@ def _lint_task(
             _WORKER["config"],  # type: ignore[arg-type]
             _WORKER["index"],  # type: ignore[arg-type]
             _WORKER["severities"],  # type: ignore[arg-type]
-            units,
+            facts,
         )
     except SourceError as exc:
         return real, [], FileError(display, str(exc))
@@ -281,7 +315,7 @@ def check(
         if not wanted:
             entry.findings, entry.index_key = (), key
         elif entry.findings is None or entry.index_key != key:
-            lint_todo.append((display, real, texts.get(real), entry.facts.units))
+            lint_todo.append((display, real, texts.get(real), entry.facts))
     state = {"config": config, "index": index, "severities": severities}
     for real, findings, error in _map(_lint_task, lint_todo, state, jobs):
         entry = entries[real]

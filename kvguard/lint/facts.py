@@ -19,11 +19,12 @@ against full analysis of every file in real vLLM trees.
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvguard.lint.forms import DERIVING_METHODS, SPLIT_METHODS, VIEW_METHODS
 from kvguard.lint.layouts import LayoutDecl, layout_names_of, shapes_of, stride_orders_of
 from kvguard.lint.names import KvNames
+from kvguard.lint.spans import LAYOUT_METHODS, ClassSpan, Unit, source_lines
 
 CHAIN_METHODS = VIEW_METHODS | DERIVING_METHODS
 
@@ -44,15 +45,15 @@ class ClassFacts:
     state_kv_cache: bool  # self.kv_cache is a tuple/list of states (Mamba-style)
 
 
-MODULE_UNIT = "<module>"
-
-
 @dataclass(frozen=True)
 class FileFacts:
     classes: tuple[ClassFacts, ...]
-    candidate: bool
-    # units that can hold a split: "func", "Class.method", or MODULE_UNIT for the rest
-    units: frozenset[str] = frozenset()
+    units: tuple[Unit, ...] = ()  # the functions (or module rest) that can hold a split
+    class_spans: dict[str, ClassSpan] = field(default_factory=dict)  # first class of each name
+
+    @property
+    def candidate(self) -> bool:
+        return bool(self.units)
 
 
 def _dotted_tail(node: ast.expr) -> str | None:
@@ -276,39 +277,121 @@ def _classes(body: list[ast.stmt]) -> list[ast.ClassDef]:
     return out
 
 
-def _units(tree: ast.Module) -> list[tuple[str, ast.AST]]:
-    """Top-level functions, methods of top-level classes, and the rest of the module.
+def _blocks(stmt: ast.stmt) -> list[list[ast.stmt]]:
+    """The statement blocks nested in a compound statement, in source order."""
+    if isinstance(stmt, (ast.If, ast.For, ast.AsyncFor, ast.While)):
+        return [stmt.body, stmt.orelse]
+    if isinstance(stmt, (ast.With, ast.AsyncWith)):
+        return [stmt.body]
+    if isinstance(stmt, _TRIES):
+        return [stmt.body, *(h.body for h in stmt.handlers), stmt.orelse, stmt.finalbody]
+    if isinstance(stmt, ast.Match):
+        return [case.body for case in stmt.cases]
+    return []
 
-    ``checker.unit_key`` names the same partition on the libcst side.
+
+_TRIES = (ast.Try, ast.TryStar) if hasattr(ast, "TryStar") else (ast.Try,)
+
+
+def _first_line(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> int:
+    return min([node.lineno, *(d.lineno for d in node.decorator_list)])
+
+
+def _defs(
+    body: list[ast.stmt],
+    owner: ast.ClassDef | None,
+    functions: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ast.ClassDef | None]],
+    classes: list[ast.ClassDef],
+) -> None:
+    """Every function and class outside function bodies, in source order, with its class.
+
+    This is the walk of ``checker._Walker`` (libcst): the two sides name the same units.
     """
-    units: list[tuple[str, ast.AST]] = []
-    rest: list[ast.stmt] = []
-    for stmt in tree.body:
+    for stmt in body:
         if isinstance(stmt, _FUNCS):
-            units.append((stmt.name, stmt))
+            functions.append((stmt, owner))
         elif isinstance(stmt, ast.ClassDef):
-            for item in stmt.body:
-                if isinstance(item, _FUNCS):
-                    units.append((f"{stmt.name}.{item.name}", item))
-                else:
-                    rest.append(item)
+            classes.append(stmt)
+            _defs(stmt.body, stmt, functions, classes)
         else:
-            rest.append(stmt)
-    units.append((MODULE_UNIT, ast.Module(body=rest, type_ignores=[])))
-    return units
+            for block in _blocks(stmt):
+                _defs(block, owner, functions, classes)
+
+
+def _own_line(lines: list[str], node: ast.stmt) -> bool:
+    """Whether the statement starts its line (it does not follow a ``:`` of a header)."""
+    line = lines[node.lineno - 1].encode()
+    return not line[: node.col_offset].strip()
+
+
+def _class_span(cls: ast.ClassDef, lines: list[str]) -> ClassSpan:
+    anchor = next(
+        (
+            (_first_line(stmt), stmt.end_lineno or stmt.lineno)
+            for stmt in cls.body
+            if isinstance(stmt, _FUNCS) and stmt.name in LAYOUT_METHODS
+        ),
+        None,
+    )
+    first = cls.body[0]
+    header_end = first.lineno - 1 if _own_line(lines, first) else 0
+    line = lines[first.lineno - 1]
+    indent = line[: len(line) - len(line.lstrip())]
+    return ClassSpan(
+        name=cls.name,
+        start=cls.lineno,
+        header_end=header_end if header_end >= cls.lineno else 0,
+        end=cls.end_lineno or cls.lineno,
+        body_indent=indent,
+        anchor=anchor,
+        nested=cls.col_offset > 0,
+    )
+
+
+def _segment_text(lines: list[str], spans: tuple[tuple[int, int], ...]) -> str:
+    return "\n".join("\n".join(lines[start - 1 : end]) for start, end in spans)
+
+
+def _merged(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Line ranges in order, overlapping or touching ones merged (``a = 1; b = 2``)."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(end, out[-1][1]))
+        else:
+            out.append((start, end))
+    return tuple(out)
 
 
 def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
-    lines = text.splitlines()
+    lines = source_lines(text)
     classes = tuple(class_facts(node, path, lines) for node in _classes(tree.body))
+    functions: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ast.ClassDef | None]] = []
+    all_classes: list[ast.ClassDef] = []
+    _defs(tree.body, None, functions, all_classes)
     scanner = _Scanner(names)
-    units = set()
-    for key, unit in _units(tree):
+    units = []
+    for func, owner in functions:
+        spans = ((_first_line(func), func.end_lineno or func.lineno),)
         # a unit whose text spells no KV word cannot hold a split (see names.py)
-        if isinstance(unit, ast.Module):
-            segment = "\n".join(_segment(lines, stmt) for stmt in unit.body)
-        else:
-            segment = _segment(lines, unit)
-        if names.mentioned_in(segment) and scanner.has_candidate(unit):
-            units.add(key)
-    return FileFacts(classes=classes, candidate=bool(units), units=frozenset(units))
+        if names.mentioned_in(_segment_text(lines, spans)) and scanner.has_candidate(func):
+            units.append(
+                Unit(
+                    spans=spans,
+                    class_name=owner.name if owner is not None else None,
+                    function=func.name,
+                    nested=func.col_offset > 0,
+                )
+            )
+    rest = [s for s in tree.body if not isinstance(s, (*_FUNCS, ast.ClassDef))]
+    if rest:
+        spans = _merged([(s.lineno, s.end_lineno or s.lineno) for s in rest])
+        if names.mentioned_in(_segment_text(lines, spans)) and scanner.has_candidate(
+            ast.Module(body=rest, type_ignores=[])
+        ):
+            units.append(Unit(spans=spans, class_name=None, function=None, nested=False))
+    spans_by_name: dict[str, ClassSpan] = {}
+    for cls in all_classes:
+        if cls.name not in spans_by_name:  # the first of a name, as checker's model keeps it
+            spans_by_name[cls.name] = _class_span(cls, lines)
+    return FileFacts(classes=classes, units=tuple(units), class_spans=spans_by_name)
