@@ -304,7 +304,7 @@ def check(
     if severities is None:
         from kvguard.catalog import load_catalog
 
-        severities = {code: rule.severity for code, rule in load_catalog(config.rule_dirs).items()}
+        severities = {code: rule.severity for code, rule in load_catalog().items()}
 
     lint_todo = []
     for real, entry in entries.items():

@@ -7,7 +7,6 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from kvguard.config import Config
 from kvguard.findings import FileError
@@ -67,7 +66,7 @@ def _walk(top: str, config: Config) -> Iterator[tuple[str, str]]:
         subdirs = []
         for entry in entries:
             path = os.path.join(directory, entry.name) if directory != "." else entry.name
-            if config.is_excluded(Path(path)):
+            if config.is_excluded(path):
                 continue
             try:
                 is_dir = entry.is_dir()

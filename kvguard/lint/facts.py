@@ -19,6 +19,7 @@ against full analysis of every file in real vLLM trees.
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from kvguard.lint.forms import DERIVING_METHODS, SPLIT_METHODS, VIEW_METHODS
@@ -95,8 +96,16 @@ def _mentions(node: ast.AST, word: str) -> bool:
     return False
 
 
-def _assigns_state_tuple(cls: ast.ClassDef) -> bool:
-    for node in ast.walk(cls):
+def _assigns_state_tuple(cls: ast.ClassDef, lines: list[str]) -> bool:
+    """``self.kv_cache = (...)`` somewhere in the class (spelled so: its text is searched)."""
+    for stmt in cls.body:
+        if "self.kv_cache" in _segment(lines, stmt) and _assigns_state_tuple_in(stmt):
+            return True
+    return False
+
+
+def _assigns_state_tuple_in(tree: ast.AST) -> bool:
+    for node in _walk(tree):
         if not isinstance(node, ast.Assign):
             continue
         for target in node.targets:
@@ -158,7 +167,7 @@ def class_facts(cls: ast.ClassDef, path: str, lines: list[str]) -> ClassFacts:
         impl_names=_returned_names(methods["get_impl_cls"]) if "get_impl_cls" in methods else (),
         supports_encoder_decoder=supports,
         reconciles_layouts=reconciles,
-        state_kv_cache="self.kv_cache" in _segment(lines, cls) and _assigns_state_tuple(cls),
+        state_kv_cache="self.kv_cache" in _segment(lines, cls) and _assigns_state_tuple(cls, lines),
     )
 
 
@@ -202,9 +211,15 @@ def _root(node: ast.AST) -> ast.AST:
 class _Scanner:
     def __init__(self, names: KvNames) -> None:
         self.names = names
+        self._kv_words: dict[str, bool] = {}
 
     def kv_word(self, word: str) -> bool:
-        return self.names.is_cache(word) or self.names.is_cache_list(word)
+        known = self._kv_words.get(word)
+        if known is None:
+            known = self._kv_words[word] = self.names.is_cache(word) or self.names.is_cache_list(
+                word
+            )
+        return known
 
     def rooted(self, node: ast.AST, tainted: set[str]) -> bool:
         root = _root(node)
@@ -215,14 +230,37 @@ class _Scanner:
         return False
 
     def has_candidate(self, unit: ast.AST) -> bool:
-        nodes = list(ast.walk(unit))
-        words = {n.id for n in nodes if isinstance(n, ast.Name)}
-        words |= {n.attr for n in nodes if isinstance(n, ast.Attribute)}
-        words |= {n.arg for n in nodes if isinstance(n, ast.arg)}
-        if not any(self.kv_word(w) for w in words):
-            return False
+        words: set[str] = set()
+        flows: list[tuple[ast.AST, list[ast.expr]]] = []
+        receivers: list[ast.AST] = []  # what each split-shaped node would split
+        for node in _walk(unit):
+            kind = type(node)
+            if kind is ast.Name:
+                words.add(node.id)  # type: ignore[attr-defined]
+            elif kind is ast.Attribute:
+                words.add(node.attr)  # type: ignore[attr-defined]
+            elif kind is ast.arg:
+                words.add(node.arg)  # type: ignore[attr-defined]
+            elif kind is ast.Subscript:
+                receivers.append(node.value)  # type: ignore[attr-defined]
+            elif kind is ast.Call:
+                func = node.func  # type: ignore[attr-defined]
+                if type(func) is ast.Attribute and func.attr in SPLIT_METHODS:
+                    owner = func.value
+                    if type(owner) is ast.Name and owner.id == "torch":
+                        if node.args:  # type: ignore[attr-defined]
+                            receivers.append(node.args[0])  # type: ignore[attr-defined]
+                    else:
+                        receivers.append(owner)
+            elif kind in _FLOWS:
+                if kind is ast.Assign and type(node.targets[0]) in (ast.Tuple, ast.List):  # type: ignore[attr-defined]
+                    receivers.append(node.value)  # type: ignore[attr-defined]
+                source = _source_of(node)
+                if source is not None:
+                    flows.append((source, _targets(node)))
         tainted = {w for w in words if self.kv_word(w)}
-        flows = [(src, _targets(n)) for n in nodes if (src := _source_of(n)) is not None]
+        if not tainted:
+            return False
         changed = True
         while changed:
             changed = False
@@ -241,28 +279,35 @@ class _Scanner:
                         if isinstance(sub, ast.Name) and sub.id not in tainted:
                             tainted.add(sub.id)
                             changed = True
-        for node in nodes:
-            if isinstance(node, ast.Subscript):
-                receiver: ast.AST = node.value
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                if node.func.attr not in SPLIT_METHODS:
-                    continue
-                owner = node.func.value
-                if isinstance(owner, ast.Name) and owner.id == "torch":
-                    if not node.args:
-                        continue
-                    receiver = node.args[0]
-                else:
-                    receiver = owner
-            elif isinstance(node, ast.Assign) and isinstance(
-                node.targets[0], (ast.Tuple, ast.List)
-            ):
-                receiver = node.value
-            else:
-                continue
-            if self.rooted(receiver, tainted):
-                return True
-        return False
+        return any(self.rooted(receiver, tainted) for receiver in receivers)
+
+
+_FLOWS = frozenset(
+    {
+        ast.Assign,
+        ast.AnnAssign,
+        ast.AugAssign,
+        ast.NamedExpr,
+        ast.For,
+        ast.AsyncFor,
+        ast.comprehension,
+        ast.withitem,
+    }
+)
+
+
+def _walk(node: ast.AST) -> Iterator[ast.AST]:
+    """Every node below ``node`` (like ``ast.walk``, in another order, about twice as fast)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        for name in current._fields:
+            value = getattr(current, name, None)
+            if isinstance(value, ast.AST):
+                stack.append(value)
+            elif type(value) is list:
+                stack.extend(v for v in value if isinstance(v, ast.AST))
 
 
 def _classes(body: list[ast.stmt]) -> list[ast.ClassDef]:

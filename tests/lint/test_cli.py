@@ -539,11 +539,6 @@ def test_select_and_ignore(kvguard, mixed: Path, args: list[str], expected: list
     assert proc.returncode == (1 if expected else 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: cli.py --select/--ignore use argparse's default 'store' action, so a repeated "
-    "flag silently replaces the earlier one (ruff accumulates them)",
-)
 def test_repeated_ignore_flags_accumulate(kvguard, mixed: Path) -> None:
     proc = kvguard("check", "--ignore", "KVG001", "--ignore", "KVG004", ".")
     assert (proc.returncode, locations(proc.stdout)) == (0, [])
