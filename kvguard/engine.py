@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from kvguard import __version__
 from kvguard.cache import Entry, cache_file, content_hash, load, save
 from kvguard.config import Config
-from kvguard.files import SourceError, SourceFile, discover, read_source
+from kvguard.files import SourceError, discover, read_source
 from kvguard.findings import FileError, Finding
 from kvguard.lint.facts import FileFacts, scan
 from kvguard.lint.index import ProjectIndex
@@ -194,9 +194,12 @@ def _scan_task(
 
 
 def _lint_task(
-    item: tuple[str, str, str | None, FileFacts],
+    item: tuple[str, str, str | None, FileFacts, str, bytes | None],
 ) -> tuple[str, list[Finding], FileError | None]:
-    display, real, text, facts = item
+    display, real, text, facts, key, index_bytes = item
+    if _WORKER.get("index_key") != key:  # the index travels once per worker, not per file
+        _WORKER["index"] = pickle.loads(index_bytes)  # type: ignore[arg-type]
+        _WORKER["index_key"] = key
     if text is None:
         try:
             _, text = read_source(real)
@@ -216,29 +219,45 @@ def _lint_task(
     return real, findings, None
 
 
-def _map(task: Callable, items: list, state: dict[str, object], jobs: int) -> Iterable:
-    if jobs <= 1 or len(items) < _PARALLEL_MIN:
+class _Workers:
+    """Runs tasks here, or in worker processes (started once, for both stages) when there
+    are enough of them to pay for the processes."""
+
+    def __init__(self, jobs: int, state: dict[str, object]) -> None:
+        self.jobs = jobs
+        self.state = state
+        self.pool: ProcessPoolExecutor | None = None
         _WORKER.clear()
         _WORKER.update(state)
-        return map(task, items)
-    import multiprocessing
 
-    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(pickle.dumps(state),),
-    )
-    chunk = max(1, len(items) // (jobs * 4))
-    return _closing(pool, pool.map(task, items, chunksize=chunk))
+    def parallel(self, count: int) -> bool:
+        return self.jobs > 1 and count >= _PARALLEL_MIN
 
+    def map(self, task: Callable, items: list, chunksize: int = 0) -> Iterable:
+        if not self.parallel(len(items)):
+            return map(task, items)
+        if self.pool is None:
+            import multiprocessing
 
-def _closing(pool: ProcessPoolExecutor, results: Iterable) -> Iterable:
-    try:
-        yield from results
-    finally:
-        pool.shutdown()
+            fork = os.name == "posix"
+            if fork:  # import the libcst stage once here, not once per worker
+                import kvguard.lint.checker
+                import kvguard.lint.rules  # noqa: F401
+
+            context = multiprocessing.get_context("fork" if fork else "spawn")
+            # forked workers inherit the state; spawned ones get it pickled
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.jobs,
+                mp_context=context,
+                initializer=None if fork else _init_worker,
+                initargs=() if fork else (pickle.dumps(self.state),),
+            )
+        chunk = chunksize or max(1, len(items) // (self.jobs * 4))
+        return self.pool.map(task, items, chunksize=chunk)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def index_key(facts: Iterable[FileFacts]) -> str:
@@ -259,11 +278,14 @@ def check(
     sources, errors = discover(paths, config)
     result = Result(errors=list(errors), files=len(sources))
     names = kv_names(config)
+    if severities is None:
+        from kvguard.catalog import load_catalog
+
+        severities = {code: rule.severity for code, rule in load_catalog().items()}
     cache_path = cache_file(CACHE_VERSION, config.digest(), paths) if use_cache else None
     old = load(cache_path) if cache_path else {}
-    entries: dict[str, Entry] = {}
+    found: dict[str, Entry] = {}
     texts: dict[str, str] = {}
-    by_real: dict[str, SourceFile] = {s.real: s for s in sources}
 
     todo = []
     for source in sources:
@@ -279,56 +301,60 @@ def check(
         if entry is None:
             todo.append((source.display, source.real))
         else:
-            entries[source.real] = entry
+            found[source.real] = entry
     done = len(sources) - len(todo)
     if progress:
         progress(done, len(sources))
-    for real, mtime, size, digest, facts, error, text in _map(
-        _scan_task, todo, {"names": names}, jobs
-    ):
-        previous = old.get(real)
-        if previous is not None and previous.content_hash == digest and digest:
-            previous.mtime_ns, previous.size = mtime, size
-            entries[real] = previous
+    workers = _Workers(jobs, {"names": names, "config": config, "severities": severities})
+    try:
+        for real, mtime, size, digest, facts, error, text in workers.map(_scan_task, todo):
+            previous = old.get(real)
+            if previous is not None and previous.content_hash == digest and digest:
+                previous.mtime_ns, previous.size = mtime, size
+                found[real] = previous
+            else:
+                found[real] = Entry(mtime, size, digest, facts, error)
+            if text is not None:
+                texts[real] = text
+            done += 1
+            if progress:
+                progress(done, len(sources))
+        # in discovery order, whatever came from the cache: the index must not depend on it
+        entries = {s.real: found[s.real] for s in sources}
+        index = ProjectIndex.build(c for e in entries.values() if e.facts for c in e.facts.classes)
+        key = index_key(e.facts for e in entries.values() if e.facts)
+        divergent = {d.backend.path for d in index.divergences()}
+
+        lint_todo = []
+        for source in sources:
+            entry = entries[source.real]
+            if entry.error is not None or entry.facts is None:
+                continue
+            if not (entry.facts.candidate or source.display in divergent):
+                entry.findings, entry.index_key = (), key
+            elif entry.findings is None or entry.index_key != key:
+                lint_todo.append((source.display, source.real, texts.get(source.real), entry.facts))
+        if workers.parallel(len(lint_todo)):
+            shipped: bytes | None = pickle.dumps(index)
         else:
-            entries[real] = Entry(mtime, size, digest, facts, error)
-        if text is not None:
-            texts[real] = text
-        done += 1
-        if progress:
-            progress(done, len(sources))
+            shipped = None
+            _WORKER.update(index=index, index_key=key)
+        tasks = [(*item, key, shipped) for item in lint_todo]
+        for real, findings, error in workers.map(_lint_task, tasks, chunksize=1):
+            entry = entries[real]
+            entry.findings, entry.index_key = tuple(findings), key
+            if error is not None:
+                entry.error = error
+            result.parsed += 1
+    finally:
+        workers.close()
 
-    index = ProjectIndex.build(c for e in entries.values() if e.facts for c in e.facts.classes)
-    key = index_key(e.facts for e in entries.values() if e.facts)
-    divergent = {d.backend.path for d in index.divergences()}
-    if severities is None:
-        from kvguard.catalog import load_catalog
-
-        severities = {code: rule.severity for code, rule in load_catalog().items()}
-
-    lint_todo = []
-    for real, entry in entries.items():
-        display = by_real[real].display
-        if entry.error is not None or entry.facts is None:
-            continue
-        wanted = entry.facts.candidate or display in divergent
-        if not wanted:
-            entry.findings, entry.index_key = (), key
-        elif entry.findings is None or entry.index_key != key:
-            lint_todo.append((display, real, texts.get(real), entry.facts))
-    state = {"config": config, "index": index, "severities": severities}
-    for real, findings, error in _map(_lint_task, lint_todo, state, jobs):
-        entry = entries[real]
-        entry.findings, entry.index_key = tuple(findings), key
-        if error is not None:
-            entry.error = error
-        result.parsed += 1
-
-    for real, entry in entries.items():
+    for source in sources:
+        entry = entries[source.real]
         if entry.error is not None:
             result.errors.append(entry.error)
         elif entry.findings:
-            display = by_real[real].display
+            display = source.display
             result.findings.extend(
                 f if f.path == display else _relocate(f, display) for f in entry.findings
             )

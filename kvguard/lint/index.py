@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from kvguard.lint.facts import ClassFacts
-from kvguard.lint.layouts import LayoutDecl
+from kvguard.lint.layouts import UNKNOWN, LayoutDecl
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class Divergence:
     base: ClassFacts
     backend_layout: LayoutDecl
     base_layout: LayoutDecl
+    # set when the layouts agree but customize_spec packs K and V differently
+    backend_packing: frozenset[str] = frozenset()
+    base_packing: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -99,8 +102,20 @@ class ProjectIndex:
                 return True
         return False
 
+    def kv_packing(self, facts: ClassFacts) -> frozenset[str] | None:
+        """How K and V share a page for this backend (its nearest ``customize_spec``)."""
+        for current in self.mro(facts):
+            if current.kv_packing is not None:
+                packing = frozenset(current.kv_packing)
+                return None if UNKNOWN in packing else packing
+        return None
+
     def divergences(self) -> Iterator[Divergence]:
-        """Backends that declare a layout disjoint from a base's and take ENCODER_DECODER."""
+        """Backends that declare a layout disjoint from a base's and take ENCODER_DECODER.
+
+        With vLLM 0.28+ layouts, two backends agree only if they share a layout *and* a
+        way of packing K and V into the page (``customize_spec``).
+        """
         for group in self.by_name.values():
             for backend in group:
                 if backend.layout.empty or not backend.impl_names:
@@ -112,8 +127,16 @@ class ProjectIndex:
                     if base.layout.empty:
                         continue
                     theirs = base.layout.physical_arrangements()
-                    if theirs is None or mine & theirs:
+                    if theirs is None:
                         break
+                    packings: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+                    if mine & theirs:
+                        if not (backend.layout.layouts and base.layout.layouts):
+                            break
+                        my_packing, base_packing = self.kv_packing(backend), self.kv_packing(base)
+                        if my_packing is None or base_packing is None or my_packing & base_packing:
+                            break
+                        packings = (my_packing, base_packing)
                     if self.supports_encoder_decoder(backend) and not self.impl_reconciles(backend):
-                        yield Divergence(backend, base, backend.layout, base.layout)
+                        yield Divergence(backend, base, backend.layout, base.layout, *packings)
                     break

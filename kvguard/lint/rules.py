@@ -119,11 +119,15 @@ def layout_diverges_from_base(model: FileModel, index: ProjectIndex) -> Iterator
             if isinstance(stmt, cst.FunctionDef) and stmt.name.value in LAYOUT_METHODS:
                 anchor = stmt.name
                 break
+        mine, theirs = div.backend_layout.describe(), div.base_layout.describe()
+        if div.backend_packing:
+            mine = " or ".join(sorted(div.backend_packing)) + f" ({mine})"
+            theirs = " or ".join(sorted(div.base_packing)) + f" ({theirs})"
         yield (
             anchor,
             "KVG003",
-            f"{div.backend.name} declares {div.backend_layout.describe()} but its base "
-            f"{div.base.name} declares {div.base_layout.describe()}, and {div.backend.name} "
+            f"{div.backend.name} declares {mine} but its base "
+            f"{div.base.name} declares {theirs}, and {div.backend.name} "
             "supports ENCODER_DECODER: layers of both backends can share one allocation, so "
             "one block id addresses different bytes. Keep the base's layout, or split through "
             "one splitter that re-strides ENCODER_DECODER views onto it (vLLM #43945)",

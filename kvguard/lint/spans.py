@@ -11,7 +11,12 @@ import re
 from dataclasses import dataclass
 
 # Methods whose name KVG003 points at when a backend declares a divergent layout.
-LAYOUT_METHODS = ("get_kv_cache_shape", "supported_kv_cache_layouts", "get_kv_cache_stride_order")
+LAYOUT_METHODS = (
+    "get_kv_cache_shape",
+    "supported_kv_cache_layouts",
+    "get_kv_cache_stride_order",
+    "customize_spec",
+)
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
 

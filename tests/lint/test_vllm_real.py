@@ -76,6 +76,23 @@ def test_fixed_file_is_clean(tree_023, tmp_path):
     assert [f for f in findings if f.path == AITER] == []
 
 
+def test_033_aiter_packing_diverges_from_rocm_head_slots():
+    """vLLM 0.33: ROCM_ATTN's customize_spec puts K and V in two head slots; its AITER
+    subclass keeps them packed in the content dim and takes ENCODER_DECODER (#43660 again)."""
+    tree = vllm_tree("0.33.0")
+    rocm = (tree / ROCM).read_text()
+    aiter = (tree / AITER).read_text()
+    assert "num_head_slots=2" in rocm and "AttentionType.ENCODER_DECODER" in aiter
+    findings = check([str(tree / AITER), str(tree / ROCM)], Config(), use_cache=False).findings
+    kvg003 = [f for f in findings if f.code == "KVG003"]
+    assert len(kvg003) == 1, findings
+    finding = kvg003[0]
+    assert finding.path.endswith(AITER)
+    assert aiter.splitlines()[finding.line - 1].strip().startswith("def customize_spec(")
+    assert "RocmAttentionBackend declares K and V as two head slots" in finding.message
+    assert "RocmAiterUnifiedAttentionBackend declares K|V packed" in finding.message
+
+
 @pytest.mark.parametrize(
     ("version", "min_precision", "min_recall"),
     [("0.22.0", 0.95, 0.9), ("0.23.0", 0.95, 0.95), ("0.33.0", 0.9, 0.95)],
@@ -99,6 +116,7 @@ _CORES = (
     "get_impl_cls",
     "get_kv_cache_shape",
     "supported_kv_cache_layouts",
+    "customize_spec",
 )
 
 
