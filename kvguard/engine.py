@@ -321,7 +321,10 @@ def check(
                 progress(done, len(sources))
         # in discovery order, whatever came from the cache: the index must not depend on it
         entries = {s.real: found[s.real] for s in sources}
-        index = ProjectIndex.build(c for e in entries.values() if e.facts for c in e.facts.classes)
+        index = ProjectIndex.build(
+            (c for e in entries.values() if e.facts for c in e.facts.classes),
+            config.backend_bases,
+        )
         key = index_key(e.facts for e in entries.values() if e.facts)
         divergent = {d.backend.path for d in index.divergences()}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 from kvguard.lint.facts import ClassFacts
 from kvguard.lint.layouts import UNKNOWN, LayoutDecl
@@ -29,13 +30,28 @@ class Divergence:
 @dataclass
 class ProjectIndex:
     by_name: dict[str, list[ClassFacts]] = field(default_factory=dict)
+    # globs over class names: a class with one of them in its lineage is an attention backend
+    backend_bases: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, classes: Iterable[ClassFacts]) -> ProjectIndex:
-        index = cls()
+    def build(
+        cls, classes: Iterable[ClassFacts], backend_bases: tuple[str, ...] = ()
+    ) -> ProjectIndex:
+        index = cls(backend_bases=backend_bases)
         for facts in classes:
             index.by_name.setdefault(facts.name, []).append(facts)
         return index
+
+    def is_backend(self, facts: ClassFacts) -> bool:
+        """It links an impl (``get_impl_cls``), or derives from a ``backend-bases`` class."""
+        if facts.impl_names:
+            return True
+        lineage = {n for c in self.mro(facts) for n in (c.name, *c.bases)}
+        return any(fnmatchcase(n, p) for n in lineage for p in self.backend_bases)
+
+    def impl_names(self, facts: ClassFacts) -> tuple[str, ...]:
+        """The impl classes a backend's nearest ``get_impl_cls`` returns."""
+        return next((c.impl_names for c in self.mro(facts) if c.impl_names), ())
 
     def lookup(self, name: str, near: str = "") -> ClassFacts | None:
         """The class of that name, preferring one defined in the file ``near``."""
@@ -96,7 +112,7 @@ class ProjectIndex:
         return None
 
     def impl_reconciles(self, backend: ClassFacts) -> bool:
-        for name in backend.impl_names:
+        for name in self.impl_names(backend):
             impl = self.lookup(name, near=backend.path)
             if impl is not None and any(c.reconciles_layouts for c in self.mro(impl)):
                 return True
@@ -118,7 +134,7 @@ class ProjectIndex:
         """
         for group in self.by_name.values():
             for backend in group:
-                if backend.layout.empty or not backend.impl_names:
+                if backend.layout.empty or not self.is_backend(backend):
                     continue
                 mine = backend.layout.physical_arrangements()
                 if mine is None:

@@ -41,7 +41,6 @@ class Split:
     receiver: Receiver
     form: str  # "unbind", "subscript", "unpack", ...
     axis: int | str | None  # int (may be negative), "content" for a last-dim slice, None unknown
-    text: str = field(default="", compare=False)
 
     def describe_axis(self) -> str:
         if self.axis == "content":

@@ -36,7 +36,7 @@ CASES = _cases()
 def _lint(text: str, path: str, config: Config | None = None):  # type: ignore[no-untyped-def]
     config = config or Config()
     facts = scan_source(text, path, kv_names(config))
-    index = ProjectIndex.build(facts.classes)
+    index = ProjectIndex.build(facts.classes, config.backend_bases)
     return lint_source(text, path, config, index, SEVERITY)
 
 

@@ -604,6 +604,21 @@ def test_file_suppression(kvguard, tmp_path: Path, where: str) -> None:
     assert proc.stdout.splitlines()[-1] == "Found 1 finding (1 KVG001) in 2 files."
 
 
+def test_suppression_text_inside_strings_does_not_count(kvguard, tmp_path: Path) -> None:
+    source = (
+        "def forward(self, kv_cache):\n"
+        '    key = kv_cache[0] if "# kvguard: ignore" else None\n'
+        "    value = kv_cache[1]  # a comment, then '# kvguard: ignore' in quotes\n"
+        '    doc = """\n'
+        "# kvguard: ignore-file\n"
+        '"""\n'
+        "    return key, value  # kvguard: ignore\n"
+    )
+    write(tmp_path, "m.py", source)
+    proc = kvguard("check", "m.py")
+    assert locations(proc.stdout) == ["m.py:2:11: KVG001"]
+
+
 def test_suppression_of_kvg004_on_the_class_line(kvguard, tmp_path: Path) -> None:
     source = SCATTERED_SOURCE.replace(
         "class MyImpl(AttentionImpl):", "class MyImpl(AttentionImpl):  # kvguard: ignore[KVG004]"

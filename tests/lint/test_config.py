@@ -357,3 +357,53 @@ def test_load_config_errors(tmp_path: Path) -> None:
         load_config(_pyproject(tmp_path, "x = 1\n"))
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml")
+
+
+# -- backend-bases --------------------------------------------------------------------
+
+INHERITED_IMPL = (
+    "class PagedBase:\n"
+    "    @staticmethod\n"
+    "    def get_impl_cls():\n"
+    "        return PagedImpl\n"
+    "\n"
+    "    @staticmethod\n"
+    "    def get_kv_cache_shape(num_blocks, block_size, num_kv_heads, head_size):\n"
+    "        return (2, num_blocks, block_size, num_kv_heads, head_size)\n"
+    "\n"
+    "\n"
+    "class BlocksFirst(PagedBase):\n"
+    "    @staticmethod\n"
+    "    def get_kv_cache_shape(num_blocks, block_size, num_kv_heads, head_size):\n"
+    "        return (num_blocks, 2, block_size, num_kv_heads, head_size)\n"
+    "\n"
+    "    @classmethod\n"
+    "    def supports_attn_type(cls, attn_type):\n"
+    "        return attn_type == AttentionType.ENCODER_DECODER\n"
+)
+
+
+def test_backend_bases_make_subclasses_backends(kvguard, tmp_path: Path) -> None:
+    """A subclass that inherits get_impl_cls is a backend once its lineage names a base."""
+    write(tmp_path, "backends.py", INHERITED_IMPL)
+    before = kvguard("check", "--format", "json", ".")
+    assert _codes_by_path(before) == []
+    _pyproject(tmp_path, 'backend-bases = ["PagedBase"]\n')
+    after = kvguard("check", "--format", "json", ".")
+    assert _codes_by_path(after) == [("backends.py", "KVG003")]
+    assert "BlocksFirst declares blocks-first" in _json(after)["findings"][0]["message"]
+    assert _json(after)["findings"][0]["line"] == 13  # its get_kv_cache_shape
+
+
+def test_replacing_and_extending_the_same_list(tmp_path: Path) -> None:
+    path = _pyproject(tmp_path, 'kv-cache-names = ["buf"]\nextend-kv-cache-names = ["pages"]\n')
+    assert load_config(path).kv_cache_names == ("buf", "pages")
+
+
+def test_directory_excludes_are_relative_to_the_project(kvguard, tmp_path: Path) -> None:
+    write(tmp_path, "proj/src/gen/out.py", BAD_SOURCE)
+    write(tmp_path, "proj/src/app.py", BAD_SOURCE)
+    _pyproject(tmp_path / "proj", 'extend-exclude = ["src/gen/*"]\n')
+    for cwd, arg, prefix in ((tmp_path / "proj", ".", ""), (tmp_path, "proj", "proj/")):
+        proc = kvguard("check", "--format", "json", arg, cwd=cwd)
+        assert _codes_by_path(proc) == [(f"{prefix}src/app.py", "KVG001")], cwd

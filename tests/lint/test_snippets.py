@@ -67,7 +67,7 @@ TRICKY = {
 def _both(text: str, path: str = "m.py") -> tuple[list, list]:
     config = Config()
     facts = scan_source(text, path, kv_names(config))
-    index = ProjectIndex.build(facts.classes)
+    index = ProjectIndex.build(facts.classes, config.backend_bases)
     whole = lint_source(text, path, config, index, SEVERITY)
     parts = lint_source(text, path, config, index, SEVERITY, facts)
     return whole, parts

@@ -132,7 +132,7 @@ def test_prefilter_never_drops_a_finding(version):
         if any(core in text for core in _CORES):
             texts[str(path.relative_to(tree))] = text
     facts = {rel: scan_source(text, rel, names) for rel, text in texts.items()}
-    index = ProjectIndex.build(c for f in facts.values() for c in f.classes)
+    index = ProjectIndex.build((c for f in facts.values() for c in f.classes), config.backend_bases)
     full = set()
     for rel, text in texts.items():
         # no facts: every function of every whole module, no prefilter at any stage
