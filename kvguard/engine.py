@@ -260,8 +260,18 @@ class _Workers:
             self.pool.shutdown()
 
 
+def build_index(facts: dict[str, FileFacts | None], config: Config) -> ProjectIndex:
+    """The project index over every file's facts (by display path, in discovery order)."""
+    return ProjectIndex.build(
+        (c for f in facts.values() if f for c in f.classes),
+        config.backend_bases,
+        {path: f.imports for path, f in facts.items() if f and f.imports},
+    )
+
+
 def index_key(facts: Iterable[FileFacts]) -> str:
     payload = sorted(repr(c) for f in facts for c in f.classes)
+    payload += sorted(repr(sorted(f.imports.items())) for f in facts if f.imports)
     return hashlib.sha256("\n".join(payload).encode()).hexdigest()[:16]
 
 
@@ -321,10 +331,8 @@ def check(
                 progress(done, len(sources))
         # in discovery order, whatever came from the cache: the index must not depend on it
         entries = {s.real: found[s.real] for s in sources}
-        index = ProjectIndex.build(
-            (c for e in entries.values() if e.facts for c in e.facts.classes),
-            config.backend_bases,
-        )
+        by_path = {s.display: entries[s.real].facts for s in sources}
+        index = build_index(by_path, config)
         key = index_key(e.facts for e in entries.values() if e.facts)
         divergent = {d.backend.path for d in index.divergences()}
 

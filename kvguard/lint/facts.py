@@ -19,6 +19,7 @@ against full analysis of every file in real vLLM trees.
 from __future__ import annotations
 
 import ast
+import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -59,6 +60,9 @@ class FileFacts:
     classes: tuple[ClassFacts, ...]
     units: tuple[Unit, ...] = ()  # the functions (or module rest) that can hold a split
     class_spans: dict[str, ClassSpan] = field(default_factory=dict)  # first class of each name
+    # names bound by ``from M import N [as local]``: local -> (M as a path stem, N);
+    # a relative M is already joined to this file's directory
+    imports: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def candidate(self) -> bool:
@@ -457,4 +461,37 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
     for cls in all_classes:
         if cls.name not in spans_by_name:  # the first of a name, as checker's model keeps it
             spans_by_name[cls.name] = _class_span(cls, lines)
-    return FileFacts(classes=classes, units=tuple(units), class_spans=spans_by_name)
+    return FileFacts(
+        classes=classes,
+        units=tuple(units),
+        class_spans=spans_by_name,
+        imports=_imports(tree.body, path),
+    )
+
+
+def _imports(body: list[ast.stmt], path: str) -> dict[str, tuple[str, str]]:
+    """``from M import N`` anywhere in the file's statements (vLLM imports impl classes
+    inside ``get_impl_cls``), as local name -> (module path stem, imported name)."""
+    out: dict[str, tuple[str, str]] = {}
+    here = posixpath.dirname(path.replace("\\", "/"))
+    stack = list(reversed(body))
+    while stack:
+        stmt = stack.pop()
+        if isinstance(stmt, ast.ImportFrom):
+            module = (stmt.module or "").replace(".", "/")
+            if stmt.level:
+                base = here
+                for _ in range(stmt.level - 1):
+                    base = posixpath.dirname(base)
+                stem = posixpath.normpath(posixpath.join(base, module)) if module else base
+            else:
+                stem = module
+            for alias in stmt.names:
+                if alias.name != "*":
+                    out.setdefault(alias.asname or alias.name, (stem, alias.name))
+        elif isinstance(stmt, (*_FUNCS, ast.ClassDef)):
+            stack.extend(reversed(stmt.body))
+        else:
+            for block in _blocks(stmt):
+                stack.extend(reversed(block))
+    return out

@@ -6,12 +6,29 @@ belongs to and which layout that backend, or one of its bases, declares.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from kvguard.lint.facts import ClassFacts
 from kvguard.lint.layouts import UNKNOWN, LayoutDecl
+
+
+def _is_module(path: str, stem: str) -> bool:
+    """Whether a file is the module ``stem`` (``pkg/mod``, or ``dir/pkg/mod`` if relative)."""
+    path = "/" + posixpath.normpath(path.replace("\\", "/")).lstrip("/")
+    return any(path.endswith("/" + stem.lstrip("/") + tail) for tail in (".py", "/__init__.py"))
+
+
+def _shared_dirs(path: str, near: str) -> int:
+    parts, other = path.split("/")[:-1], near.split("/")[:-1]
+    count = 0
+    for a, b in zip(parts, other, strict=False):
+        if a != b:
+            break
+        count += 1
+    return count
 
 
 @dataclass(frozen=True)
@@ -32,12 +49,17 @@ class ProjectIndex:
     by_name: dict[str, list[ClassFacts]] = field(default_factory=dict)
     # globs over class names: a class with one of them in its lineage is an attention backend
     backend_bases: tuple[str, ...] = ()
+    # per file: local name -> (module path stem, imported name), from ``FileFacts.imports``
+    imports: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
 
     @classmethod
     def build(
-        cls, classes: Iterable[ClassFacts], backend_bases: tuple[str, ...] = ()
+        cls,
+        classes: Iterable[ClassFacts],
+        backend_bases: tuple[str, ...] = (),
+        imports: dict[str, dict[str, tuple[str, str]]] | None = None,
     ) -> ProjectIndex:
-        index = cls(backend_bases=backend_bases)
+        index = cls(backend_bases=backend_bases, imports=imports or {})
         for facts in classes:
             index.by_name.setdefault(facts.name, []).append(facts)
         return index
@@ -54,11 +76,28 @@ class ProjectIndex:
         return next((c.impl_names for c in self.mro(facts) if c.impl_names), ())
 
     def lookup(self, name: str, near: str = "") -> ClassFacts | None:
-        """The class of that name, preferring one defined in the file ``near``."""
+        """The class a name denotes in the file ``near``.
+
+        A class defined in that file, else the one its ``from M import`` names (found by
+        M's path), else, of the classes of that name, the one nearest in the directory tree.
+        """
         found = self.by_name.get(name)
+        if found and near:
+            local = next((c for c in found if c.path == near), None)
+            if local is not None:
+                return local
+        target = self.imports.get(near, {}).get(name)
+        if target is not None:
+            stem, imported = target
+            for candidate in self.by_name.get(imported, ()):
+                if _is_module(candidate.path, stem):
+                    return candidate
+            found = found or self.by_name.get(imported)
         if not found:
             return None
-        return next((c for c in found if c.path == near), found[0])
+        if len(found) == 1 or not near:
+            return found[0]
+        return max(found, key=lambda c: _shared_dirs(c.path, near))
 
     def mro(self, facts: ClassFacts) -> Iterator[ClassFacts]:
         """The class and its known bases, depth first, each once."""
@@ -96,7 +135,7 @@ class ProjectIndex:
             backend
             for group in self.by_name.values()
             for backend in group
-            if impl.name in backend.impl_names
+            if impl.name in backend.impl_names and self.lookup(impl.name, near=backend.path) is impl
         ]
 
     def impl_layout(self, impl_name: str, near: str) -> tuple[ClassFacts, LayoutDecl] | None:

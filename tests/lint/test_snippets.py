@@ -7,8 +7,7 @@ import pytest
 
 from kvguard.catalog import load_catalog
 from kvguard.config import Config
-from kvguard.engine import kv_names, lint_source, scan_source
-from kvguard.lint.index import ProjectIndex
+from kvguard.engine import build_index, kv_names, lint_source, scan_source
 
 CATALOG = load_catalog()
 SEVERITY = {code: rule.severity for code, rule in CATALOG.items()}
@@ -67,7 +66,7 @@ TRICKY = {
 def _both(text: str, path: str = "m.py") -> tuple[list, list]:
     config = Config()
     facts = scan_source(text, path, kv_names(config))
-    index = ProjectIndex.build(facts.classes, config.backend_bases)
+    index = build_index({path: facts}, config)
     whole = lint_source(text, path, config, index, SEVERITY)
     parts = lint_source(text, path, config, index, SEVERITY, facts)
     return whole, parts

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from kvguard.config import Config
-from kvguard.engine import check, kv_names, lint_source, scan_source
-from kvguard.lint.index import ProjectIndex
+from kvguard.engine import build_index, check, kv_names, lint_source, scan_source
 from tests.lint.vllm_eval import score
 from tests.vllm_sources import vllm_tree
 
@@ -132,7 +131,7 @@ def test_prefilter_never_drops_a_finding(version):
         if any(core in text for core in _CORES):
             texts[str(path.relative_to(tree))] = text
     facts = {rel: scan_source(text, rel, names) for rel, text in texts.items()}
-    index = ProjectIndex.build((c for f in facts.values() for c in f.classes), config.backend_bases)
+    index = build_index(facts, config)
     full = set()
     for rel, text in texts.items():
         # no facts: every function of every whole module, no prefilter at any stage
