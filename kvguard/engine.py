@@ -5,9 +5,11 @@
 2. stdlib ``ast`` scan: class facts for the project index, and whether the file can
    hold a split (see ``lint/facts.py`` for why this is conservative).
 3. The project index is built from every file's facts.
-4. libcst (the engine of record: rules and positions) parses only the files that
-   stage 2 kept or that declare a layout the index finds divergent.
-Stages 2 and 4 run in worker processes when there is enough work to pay for them.
+4. libcst (the engine of record: rules and positions) parses only the units that
+   stage 2 kept (and the class headers the findings point at), in files that hold such
+   units or declare a layout the index finds divergent; ``lint_source`` without facts
+   lints a whole module instead (same findings).
+Stages 2 and 4 run in one pool of worker processes when there is enough work to pay for it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Stage two of the pipeline: one stdlib ``ast`` pass per file that survived the text prefilter.
 
 It yields (a) the facts that the project index needs about each class (bases, declared
-layout, impl link, attention types) and (b) whether the file can hold a split finding.
+layout, impl link, attention types) and the file's ``from`` imports, and (b) the units of
+the file that can hold a split finding: each function outside function bodies (the same
+partition ``checker._Walker`` makes on the libcst side) and the module's top-level rest,
+by line span, so that libcst parses only those (``snippets.py``).
 
 Why (b) cannot drop a finding: every split that KVG001/KVG002/KVG004 report is a
 subscript, a call of a ``SPLIT_METHODS`` method (or ``torch.<method>``), or a tuple
@@ -12,6 +15,8 @@ a KV-named name or attribute, or a local alias; an alias is bound by an assignme
 root. ``has_candidate`` strips the same chains (``_root``), taints every name bound from a
 tainted root, flow-insensitively and transitively, and accepts any split-shaped node with
 a tainted root, so the libcst rules only ever see a subset of what this pass accepted.
+A unit's text must also spell a KV word (``names.mentioned_in``): a tainted root starts
+from one inside the unit, since aliases are local to it.
 ``tests/lint/test_vllm_real.py::test_prefilter_never_drops_a_finding`` checks the claim
 against full analysis of every file in real vLLM trees.
 """
