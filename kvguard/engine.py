@@ -59,7 +59,7 @@ def kv_names(config: Config) -> KvNames:
 
 def scan_source(text: str, display: str, names: KvNames) -> FileFacts:
     """Stages 1 and 2 for one file. Raises SourceError for a syntax error."""
-    if ignores_file(text) or not names.mentioned_in(text):
+    if not names.mentioned_in(text) or ignores_file(text):
         return FileFacts(())
     try:
         tree = ast.parse(text, filename=display)

@@ -32,6 +32,8 @@ def _comments(text: str, last_line: int) -> dict[int, str] | None:
 
 
 def ignores_file(text: str) -> bool:
+    if "kvguard" not in text:
+        return False
     matches = list(_FILE.finditer(text))
     if not matches:
         return False

@@ -474,6 +474,27 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
     )
 
 
+# Statements that hold no nested statements and are no ``from`` import.
+_SIMPLE = frozenset(
+    {
+        ast.Expr,
+        ast.Assign,
+        ast.AnnAssign,
+        ast.AugAssign,
+        ast.Return,
+        ast.Raise,
+        ast.Assert,
+        ast.Pass,
+        ast.Break,
+        ast.Continue,
+        ast.Delete,
+        ast.Import,
+        ast.Global,
+        ast.Nonlocal,
+    }
+)
+
+
 def _imports(body: list[ast.stmt], path: str) -> dict[str, tuple[str, str]]:
     """``from M import N`` anywhere in the file's statements (vLLM imports impl classes
     inside ``get_impl_cls``), as local name -> (module path stem, imported name)."""
@@ -482,7 +503,10 @@ def _imports(body: list[ast.stmt], path: str) -> dict[str, tuple[str, str]]:
     stack = list(reversed(body))
     while stack:
         stmt = stack.pop()
-        if isinstance(stmt, ast.ImportFrom):
+        kind = type(stmt)
+        if kind in _SIMPLE:
+            continue
+        if kind is ast.ImportFrom:
             module = (stmt.module or "").replace(".", "/")
             if stmt.level:
                 base = here
