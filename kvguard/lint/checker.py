@@ -396,11 +396,11 @@ def collect_units(
     for unit in facts.units:
         if unit.function is None:
             body = snippets.parse(unit.spans, unit.nested)
-            model.sites.extend(collector.unit(body, None, None, []))
-            continue
-        node = snippets.statement(unit.spans, unit.nested)
-        assert isinstance(node, cst.FunctionDef), (path, unit)
-        model.sites.extend(
-            collector.unit(node.body, unit.class_name, node.name.value, _params(node))
-        )
+            sites = collector.unit(body, None, None, [])
+        else:
+            node = snippets.statement(unit.spans, unit.nested)
+            assert isinstance(node, cst.FunctionDef), (path, unit)
+            sites = collector.unit(node.body, unit.class_name, node.name.value, _params(node))
+        snippets.claim(site.split.node for site in sites)
+        model.sites.extend(sites)
     return model

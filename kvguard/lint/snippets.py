@@ -10,6 +10,7 @@ the whole module, so the rules see the same thing either way (``tests/lint`` com
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import libcst as cst
 from libcst.metadata import CodePosition, CodeRange, MetadataWrapper, PositionProvider
@@ -39,6 +40,13 @@ class Snippets:
         self._parsed: list[tuple[MetadataWrapper, list[int]]] = []
         self._positions: list[dict[cst.CSTNode, CodeRange] | None] = []
         self._classes: dict[str, cst.ClassDef | None] = {}
+        self._owner: dict[int, int] = {}  # id(node) -> the snippet it was parsed in
+
+    def claim(self, nodes: Iterable[cst.CSTNode]) -> None:
+        """Note that these nodes (ones a rule may report) come from the latest snippet, so
+        that only that snippet's positions are computed."""
+        latest = len(self._parsed) - 1
+        self._owner.update((id(node), latest) for node in nodes)
 
     def _slice(self, start: int, end: int) -> str:
         piece = self.text[self._offsets[start - 1] : self._offsets[end]]
@@ -88,14 +96,22 @@ class Snippets:
                 stmt = self.statement(tuple(spans), span.nested, filler)
             else:
                 stmt = self.statement(((span.start, span.end),), span.nested)
-            self._classes[span.name] = stmt if isinstance(stmt, cst.ClassDef) else None
+            if isinstance(stmt, cst.ClassDef):
+                methods = [s.name for s in stmt.body.body if isinstance(s, cst.FunctionDef)]
+                self.claim([stmt.name, *methods])
+                self._classes[span.name] = stmt
+            else:
+                self._classes[span.name] = None
         return self._classes[span.name]
 
     def code(self, node: cst.CSTNode) -> str:
         return cst.Module(body=(), default_newline=self.newline).code_for_node(node)
 
     def position(self, node: cst.CSTNode) -> CodeRange:
-        for i, (wrapper, line_map) in enumerate(self._parsed):
+        owner = self._owner.get(id(node))
+        order = range(len(self._parsed)) if owner is None else (owner,)
+        for i in order:
+            wrapper, line_map = self._parsed[i]
             positions = self._positions[i]
             if positions is None:
                 positions = self._positions[i] = wrapper.resolve(PositionProvider)  # type: ignore[assignment]
