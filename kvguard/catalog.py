@@ -113,15 +113,12 @@ def load_rule(path: Path) -> Rule:
 
 
 @cache
-def load_catalog(extra_dirs: tuple[str, ...] = ()) -> dict[str, Rule]:
-    """All rules by code: the shipped ones, then those of ``extra_dirs`` (which may override)."""
+def load_catalog() -> dict[str, Rule]:
+    """The shipped rules by code (each rule's logic lives in ``kvguard/lint/rules.py``)."""
     rules: dict[str, Rule] = {}
-    for directory in (RULES_DIR, *map(Path, extra_dirs)):
-        if not directory.is_dir():
-            raise CatalogError(f"{directory}: rule directory not found")
-        for path in sorted(directory.glob("*.toml")):
-            rule = load_rule(path)
-            rules[rule.code] = rule
+    for path in sorted(RULES_DIR.glob("*.toml")):
+        rule = load_rule(path)
+        rules[rule.code] = rule
     return rules
 
 

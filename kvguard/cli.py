@@ -38,9 +38,20 @@ def _parser() -> argparse.ArgumentParser:
         default="text",
         choices=["text", "json", "sarif", "github"],
     )
-    check.add_argument("--select", type=_codes, help="comma-separated codes or prefixes to enable")
-    check.add_argument("--extend-select", type=_codes, default=())
-    check.add_argument("--ignore", type=_codes, help="comma-separated codes or prefixes to disable")
+    # repeated flags accumulate, as ruff's do
+    check.add_argument(
+        "--select",
+        type=_codes,
+        action="extend",
+        help="comma-separated codes or prefixes to enable",
+    )
+    check.add_argument("--extend-select", type=_codes, action="extend")
+    check.add_argument(
+        "--ignore",
+        type=_codes,
+        action="extend",
+        help="comma-separated codes or prefixes to disable",
+    )
     check.add_argument("--config", type=Path, help="pyproject.toml (or kvguard.toml) to read")
     check.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     check.add_argument("--statistics", action="store_true", help="count findings per rule")
@@ -106,7 +117,7 @@ def _load_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         path = find_pyproject(first if first.exists() else Path.cwd())
     config = load_config(path)
     if args.select is not None:
-        config = replace(config, select=args.select)
+        config = replace(config, select=tuple(args.select))
     if args.extend_select:
         config = replace(config, select=(*config.select, *args.extend_select))
     if args.ignore is not None:
@@ -121,7 +132,7 @@ def _check(args: argparse.Namespace) -> int:
 
     try:
         config = _load_config(args)
-        catalog = load_catalog(config.rule_dirs)
+        catalog = load_catalog()
     except (ConfigError, CatalogError) as exc:
         return _fail(str(exc))
     for code in (*config.select, *config.ignore):

@@ -5,8 +5,11 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 DEFAULT_EXCLUDE = (
@@ -52,21 +55,23 @@ DEFAULT_SPLITTER_NAMES = (
 )
 DEFAULT_BACKEND_BASES = ("AttentionBackend", "*AttentionBackend")
 
-_KEYS = {
-    "select",
-    "ignore",
-    "extend-select",
-    "per-file-ignores",
-    "exclude",
-    "extend-exclude",
-    "kv-cache-names",
-    "extend-kv-cache-names",
-    "kv-cache-list-names",
-    "splitter-names",
-    "extend-splitter-names",
-    "backend-bases",
-    "rule-dirs",
+# [tool.kvguard] list keys: key -> (Config field, whether it extends rather than replaces).
+# Replacing keys are applied first, so ``extend-*`` adds to the replaced list or the default.
+_LIST_KEYS = {
+    "select": ("select", False),
+    "extend-select": ("select", True),
+    "ignore": ("ignore", False),
+    "exclude": ("exclude", False),
+    "extend-exclude": ("exclude", True),
+    "kv-cache-names": ("kv_cache_names", False),
+    "extend-kv-cache-names": ("kv_cache_names", True),
+    "kv-cache-list-names": ("kv_cache_list_names", False),
+    "splitter-names": ("splitter_names", False),
+    "extend-splitter-names": ("splitter_names", True),
+    "backend-bases": ("backend_bases", False),
+    "extend-backend-bases": ("backend_bases", True),
 }
+_KEYS = {*_LIST_KEYS, "per-file-ignores"}
 
 
 class ConfigError(Exception):
@@ -83,8 +88,7 @@ class Config:
     kv_cache_list_names: tuple[str, ...] = DEFAULT_KV_CACHE_LIST_NAMES
     splitter_names: tuple[str, ...] = DEFAULT_SPLITTER_NAMES
     backend_bases: tuple[str, ...] = DEFAULT_BACKEND_BASES
-    rule_dirs: tuple[str, ...] = ()
-    source: str = field(default="", compare=False)
+    source: str = field(default="", compare=False)  # the file it was read from, if any
 
     def enabled(self, code: str, path: str = "") -> bool:
         def hit(prefixes: tuple[str, ...]) -> bool:
@@ -92,22 +96,55 @@ class Config:
 
         if not hit(self.select) or hit(self.ignore):
             return False
-        posix = Path(path).as_posix()
+        if not self.per_file_ignores:
+            return True
+        paths = self._match_paths(path)
         return not any(
-            hit(codes) and _path_matches(posix, pattern) for pattern, codes in self.per_file_ignores
+            hit(codes) and any(_path_matches(p, pattern) for p in paths)
+            for pattern, codes in self.per_file_ignores
         )
 
-    def is_excluded(self, path: Path) -> bool:
-        posix = path.as_posix()
-        return any(
-            fnmatch.fnmatchcase(path.name, pattern) or _path_matches(posix, pattern)
-            for pattern in self.exclude
+    def is_excluded(self, path: str) -> bool:
+        """Whether the walk skips this file or directory below a checked directory.
+
+        A pattern without a slash matches the entry's name (its parents were matched when
+        the walk entered them, and the directories above the one being checked are not
+        matched at all: a project under ``build/`` is checked). A pattern with a slash
+        matches the path relative to the project (the config file's directory) or as shown.
+        """
+        if self._name_pattern.fullmatch(os.path.basename(path)):
+            return True
+        return bool(self._path_patterns) and any(
+            fnmatch.fnmatchcase(p, pattern)
+            for p in self._match_paths(path)
+            for pattern in self._path_patterns
         )
+
+    @cached_property
+    def _name_pattern(self) -> re.Pattern[str]:
+        names = [fnmatch.translate(p) for p in self.exclude if "/" not in p]
+        return re.compile("|".join(names) if names else "(?!x)x")
+
+    @cached_property
+    def _path_patterns(self) -> tuple[str, ...]:
+        return tuple(p for p in self.exclude if "/" in p)
+
+    def _match_paths(self, path: str) -> tuple[str, ...]:
+        """The path relative to the project root (like ruff), and as shown."""
+        shown = Path(path).as_posix()
+        if not self.source:
+            return (shown,)
+        root = os.path.dirname(os.path.abspath(self.source))
+        relative = os.path.relpath(os.path.abspath(path), root)
+        if relative.startswith(".."):
+            return (shown,)
+        return (Path(relative).as_posix(), shown)
 
     def digest(self) -> str:
         """Stable hash of everything that can change analysis results (for the cache key)."""
         payload = asdict(self)
-        payload.pop("source")
+        # per-file-ignores and excludes are matched relative to the config file's directory
+        payload["source"] = os.path.dirname(os.path.abspath(self.source)) if self.source else ""
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -156,50 +193,16 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}"
         )
-    config = Config(source=str(path))
-    base_dir = path.parent
-    changes: dict[str, object] = {}
-    if "select" in table:
-        changes["select"] = _strings(table, "select", where)
-    if "extend-select" in table:
-        changes["select"] = (
-            *changes.get("select", config.select),
-            *_strings(table, "extend-select", where),
-        )  # type: ignore[misc]
-    if "ignore" in table:
-        changes["ignore"] = _strings(table, "ignore", where)
+    changes: dict[str, tuple[str, ...]] = {}
+    for extending in (False, True):
+        for key, (name, extends) in _LIST_KEYS.items():
+            if key in table and extends == extending:
+                base = changes.get(name, getattr(Config, name)) if extends else ()
+                changes[name] = (*base, *_strings(table, key, where))
+    config = Config(source=str(path), **changes)  # type: ignore[arg-type]
     if "per-file-ignores" in table:
         pfi = table["per-file-ignores"]
         if not isinstance(pfi, dict):
             raise ConfigError(f"{where}: 'per-file-ignores' must be a table of glob = [codes]")
-        changes["per_file_ignores"] = tuple((k, _strings(pfi, k, where)) for k in pfi)
-    if "exclude" in table:
-        changes["exclude"] = _strings(table, "exclude", where)
-    if "extend-exclude" in table:
-        changes["exclude"] = (
-            *changes.get("exclude", config.exclude),
-            *_strings(table, "extend-exclude", where),
-        )  # type: ignore[misc]
-    if "kv-cache-names" in table:
-        changes["kv_cache_names"] = _strings(table, "kv-cache-names", where)
-    if "extend-kv-cache-names" in table:
-        changes["kv_cache_names"] = (
-            *config.kv_cache_names,
-            *_strings(table, "extend-kv-cache-names", where),
-        )
-    if "kv-cache-list-names" in table:
-        changes["kv_cache_list_names"] = _strings(table, "kv-cache-list-names", where)
-    if "splitter-names" in table:
-        changes["splitter_names"] = _strings(table, "splitter-names", where)
-    if "extend-splitter-names" in table:
-        changes["splitter_names"] = (
-            *config.splitter_names,
-            *_strings(table, "extend-splitter-names", where),
-        )
-    if "backend-bases" in table:
-        changes["backend_bases"] = _strings(table, "backend-bases", where)
-    if "rule-dirs" in table:
-        changes["rule_dirs"] = tuple(
-            str((base_dir / d).resolve()) for d in _strings(table, "rule-dirs", where)
-        )
-    return replace(config, **changes)  # type: ignore[arg-type]
+        config = replace(config, per_file_ignores=tuple((k, _strings(pfi, k, where)) for k in pfi))
+    return config

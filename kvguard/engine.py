@@ -5,9 +5,12 @@
 2. stdlib ``ast`` scan: class facts for the project index, and whether the file can
    hold a split (see ``lint/facts.py`` for why this is conservative).
 3. The project index is built from every file's facts.
-4. libcst (the engine of record: rules and positions) parses only the files that
-   stage 2 kept or that declare a layout the index finds divergent.
-Stages 2 and 4 run in worker processes when there is enough work to pay for them.
+4. libcst (the engine of record: rules and positions) parses only the units that
+   stage 2 kept (and the class headers the findings point at), in files that hold such
+   units or declare a layout the index finds divergent; ``lint_source`` without facts
+   lints a whole module instead (same findings). Each KVG001/KVG004 finding's fix (or why
+   there is none, ``lint/fixability.py``) is planned on the same snippets, with no parse more.
+Stages 2 and 4 run in one pool of worker processes when there is enough work to pay for it.
 """
 
 from __future__ import annotations
@@ -19,18 +22,26 @@ import pickle
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvguard import __version__
 from kvguard.cache import Entry, cache_file, content_hash, load, save
 from kvguard.config import Config
-from kvguard.files import SourceError, SourceFile, discover, read_source
-from kvguard.findings import FileError, Finding
+from kvguard.files import SourceError, discover, read_source
+from kvguard.findings import FileError, Finding, FixInfo
 from kvguard.lint.facts import FileFacts, scan
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
 from kvguard.suppression import ignores_file, is_suppressed, line_suppressions
 
-CACHE_VERSION = f"{__version__}-3"
+if TYPE_CHECKING:
+    from libcst import CSTNode
+    from libcst.metadata import CodeRange
+
+    from kvguard.lint.checker import FileModel
+    from kvguard.lint.rules import Report
+
+CACHE_VERSION = f"{__version__}-4"
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 
 Progress = Callable[[int, int], None]
@@ -52,8 +63,8 @@ def kv_names(config: Config) -> KvNames:
 
 def scan_source(text: str, display: str, names: KvNames) -> FileFacts:
     """Stages 1 and 2 for one file. Raises SourceError for a syntax error."""
-    if ignores_file(text) or not names.mentioned_in(text):
-        return FileFacts((), False)
+    if not names.mentioned_in(text) or ignores_file(text):
+        return FileFacts(())
     try:
         tree = ast.parse(text, filename=display)
     except SyntaxError as exc:
@@ -71,15 +82,29 @@ def lint_source(
     config: Config,
     index: ProjectIndex,
     severities: dict[str, str],
-    units: frozenset[str] | None = None,
+    facts: FileFacts | None = None,
 ) -> list[Finding]:
-    """Stage 4 for one file: libcst parse, rules, positions, suppressions."""
+    """Stage 4 for one file: libcst parses, rules, positions, suppressions.
+
+    With ``facts`` (from ``scan_source``) libcst parses only the units the ast pass kept;
+    without, the whole module (what a fix needs). Both find the same.
+    """
     import libcst as cst
     from libcst.metadata import MetadataWrapper, PositionProvider
 
-    from kvguard.lint.checker import collect
+    from kvguard.lint.checker import collect, collect_units
     from kvguard.lint.rules import run_rules
+    from kvguard.lint.snippets import SnippetError, Snippets
 
+    names = kv_names(config)
+    if facts is not None:
+        snippets = Snippets(text)
+        try:
+            model = collect_units(snippets, facts, display, names, index)
+        except SnippetError as exc:
+            raise SourceError(f"line {exc.line}: libcst cannot parse this file: {exc}") from None
+        reports = run_rules(model, index)
+        return _findings(reports, model, index, snippets.position, text, config, severities)
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
@@ -89,16 +114,35 @@ def lint_source(
     except RecursionError:
         raise SourceError("cannot parse: nesting too deep for libcst") from None
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-    model = collect(wrapper.module, display, kv_names(config), index, units)
+    model = collect(wrapper.module, display, names, index)
     reports = run_rules(model, index)
     if not reports:
         return []
     positions = wrapper.resolve(PositionProvider)
+    return _findings(reports, model, index, positions.__getitem__, text, config, severities)
+
+
+def _findings(
+    reports: list[Report],
+    model: FileModel,
+    index: ProjectIndex,
+    position: Callable[[CSTNode], CodeRange],
+    text: str,
+    config: Config,
+    severities: dict[str, str],
+) -> list[Finding]:
+    if not reports:
+        return []
+    display = model.path
     suppressions = line_suppressions(text)
-    fixes, withheld = fix_plan(model, index, positions, suppressions)
+    fixes, withheld = (
+        fix_plan(model, index, position, suppressions)
+        if any(code in FIXABLE for _, code, _ in reports)
+        else ({}, {})
+    )
     findings = []
     for node, code, message in reports:
-        span = positions[node]
+        span = position(node)
         line = span.start.line
         if not config.enabled(code, display) or is_suppressed(suppressions, line, code):
             continue
@@ -127,12 +171,20 @@ def _with_fix_note(message: str, withheld: str | None) -> str:
     return f"{message}; no automatic fix: {withheld}" if withheld else message
 
 
-def fix_plan(model, index: ProjectIndex, positions, suppressions):  # type: ignore[no-untyped-def]
-    """The fix each KVG001/KVG004 anchor offers, or why none is (lint/fixability.py)."""
+def fix_plan(
+    model: FileModel,
+    index: ProjectIndex,
+    position: Callable[[CSTNode], CodeRange],
+    suppressions: dict[int, frozenset[str] | None],
+) -> tuple[dict[int, FixInfo], dict[int, str]]:
+    """The fix each KVG001/KVG004 anchor offers, or why none is (lint/fixability.py).
+
+    It works on the model the rules saw (snippets in a check), so it costs no parse.
+    """
     from kvguard.lint.fixability import plan_file
 
-    def reported(node) -> bool:  # type: ignore[no-untyped-def]
-        return not is_suppressed(suppressions, positions[node].start.line, "KVG001")
+    def reported(node: CSTNode) -> bool:
+        return not is_suppressed(suppressions, position(node).start.line, "KVG001")
 
     return plan_file(model, index, reported).info()
 
@@ -183,9 +235,12 @@ def _scan_task(
 
 
 def _lint_task(
-    item: tuple[str, str, str | None, frozenset[str]],
+    item: tuple[str, str, str | None, FileFacts, str, bytes | None],
 ) -> tuple[str, list[Finding], FileError | None]:
-    display, real, text, units = item
+    display, real, text, facts, key, index_bytes = item
+    if _WORKER.get("index_key") != key:  # the index travels once per worker, not per file
+        _WORKER["index"] = pickle.loads(index_bytes)  # type: ignore[arg-type]
+        _WORKER["index_key"] = key
     if text is None:
         try:
             _, text = read_source(real)
@@ -198,40 +253,67 @@ def _lint_task(
             _WORKER["config"],  # type: ignore[arg-type]
             _WORKER["index"],  # type: ignore[arg-type]
             _WORKER["severities"],  # type: ignore[arg-type]
-            units,
+            facts,
         )
     except SourceError as exc:
         return real, [], FileError(display, str(exc))
     return real, findings, None
 
 
-def _map(task: Callable, items: list, state: dict[str, object], jobs: int) -> Iterable:
-    if jobs <= 1 or len(items) < _PARALLEL_MIN:
+class _Workers:
+    """Runs tasks here, or in worker processes (started once, for both stages) when there
+    are enough of them to pay for the processes."""
+
+    def __init__(self, jobs: int, state: dict[str, object]) -> None:
+        self.jobs = jobs
+        self.state = state
+        self.pool: ProcessPoolExecutor | None = None
         _WORKER.clear()
         _WORKER.update(state)
-        return map(task, items)
-    import multiprocessing
 
-    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(pickle.dumps(state),),
+    def parallel(self, count: int) -> bool:
+        return self.jobs > 1 and count >= _PARALLEL_MIN
+
+    def map(self, task: Callable, items: list, chunksize: int = 0) -> Iterable:
+        if not self.parallel(len(items)):
+            return map(task, items)
+        if self.pool is None:
+            import multiprocessing
+
+            fork = os.name == "posix"
+            if fork:  # import the libcst stage once here, not once per worker
+                import kvguard.lint.checker
+                import kvguard.lint.fixability
+                import kvguard.lint.rules  # noqa: F401
+
+            context = multiprocessing.get_context("fork" if fork else "spawn")
+            # forked workers inherit the state; spawned ones get it pickled
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.jobs,
+                mp_context=context,
+                initializer=None if fork else _init_worker,
+                initargs=() if fork else (pickle.dumps(self.state),),
+            )
+        chunk = chunksize or max(1, len(items) // (self.jobs * 4))
+        return self.pool.map(task, items, chunksize=chunk)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def build_index(facts: dict[str, FileFacts | None], config: Config) -> ProjectIndex:
+    """The project index over every file's facts (by display path, in discovery order)."""
+    return ProjectIndex.build(
+        (c for f in facts.values() if f for c in f.classes),
+        config.backend_bases,
+        {path: f.imports for path, f in facts.items() if f and f.imports},
     )
-    chunk = max(1, len(items) // (jobs * 4))
-    return _closing(pool, pool.map(task, items, chunksize=chunk))
-
-
-def _closing(pool: ProcessPoolExecutor, results: Iterable) -> Iterable:
-    try:
-        yield from results
-    finally:
-        pool.shutdown()
 
 
 def index_key(facts: Iterable[FileFacts]) -> str:
     payload = sorted(repr(c) for f in facts for c in f.classes)
+    payload += sorted(repr(sorted(f.imports.items())) for f in facts if f.imports)
     return hashlib.sha256("\n".join(payload).encode()).hexdigest()[:16]
 
 
@@ -248,11 +330,14 @@ def check(
     sources, errors = discover(paths, config)
     result = Result(errors=list(errors), files=len(sources))
     names = kv_names(config)
+    if severities is None:
+        from kvguard.catalog import load_catalog
+
+        severities = {code: rule.severity for code, rule in load_catalog().items()}
     cache_path = cache_file(CACHE_VERSION, config.digest(), paths) if use_cache else None
     old = load(cache_path) if cache_path else {}
-    entries: dict[str, Entry] = {}
+    found: dict[str, Entry] = {}
     texts: dict[str, str] = {}
-    by_real: dict[str, SourceFile] = {s.real: s for s in sources}
 
     todo = []
     for source in sources:
@@ -268,57 +353,62 @@ def check(
         if entry is None:
             todo.append((source.display, source.real))
         else:
-            entries[source.real] = entry
+            found[source.real] = entry
     done = len(sources) - len(todo)
     if progress:
         progress(done, len(sources))
-    for real, mtime, size, digest, facts, error, text in _map(
-        _scan_task, todo, {"names": names}, jobs
-    ):
-        previous = old.get(real)
-        if previous is not None and previous.content_hash == digest and digest:
-            previous.mtime_ns, previous.size = mtime, size
-            entries[real] = previous
+    workers = _Workers(jobs, {"names": names, "config": config, "severities": severities})
+    try:
+        for real, mtime, size, digest, facts, error, text in workers.map(_scan_task, todo):
+            previous = old.get(real)
+            if previous is not None and previous.content_hash == digest and digest:
+                previous.mtime_ns, previous.size = mtime, size
+                found[real] = previous
+            else:
+                found[real] = Entry(mtime, size, digest, facts, error)
+            if text is not None:
+                texts[real] = text
+            done += 1
+            if progress:
+                progress(done, len(sources))
+        # in discovery order, whatever came from the cache: the index must not depend on it
+        entries = {s.real: found[s.real] for s in sources}
+        by_path = {s.display: entries[s.real].facts for s in sources}
+        index = build_index(by_path, config)
+        result.index = index
+        key = index_key(e.facts for e in entries.values() if e.facts)
+        divergent = {d.backend.path for d in index.divergences()}
+
+        lint_todo = []
+        for source in sources:
+            entry = entries[source.real]
+            if entry.error is not None or entry.facts is None:
+                continue
+            if not (entry.facts.candidate or source.display in divergent):
+                entry.findings, entry.index_key = (), key
+            elif entry.findings is None or entry.index_key != key:
+                lint_todo.append((source.display, source.real, texts.get(source.real), entry.facts))
+        if workers.parallel(len(lint_todo)):
+            shipped: bytes | None = pickle.dumps(index)
         else:
-            entries[real] = Entry(mtime, size, digest, facts, error)
-        if text is not None:
-            texts[real] = text
-        done += 1
-        if progress:
-            progress(done, len(sources))
+            shipped = None
+            _WORKER.update(index=index, index_key=key)
+        tasks = [(*item, key, shipped) for item in lint_todo]
+        for real, findings, error in workers.map(_lint_task, tasks, chunksize=1):
+            entry = entries[real]
+            entry.findings, entry.index_key = tuple(findings), key
+            if error is not None:
+                entry.error = error
+            result.parsed += 1
+    finally:
+        workers.close()
 
-    index = ProjectIndex.build(c for e in entries.values() if e.facts for c in e.facts.classes)
-    result.index = index
-    key = index_key(e.facts for e in entries.values() if e.facts)
-    divergent = {d.backend.path for d in index.divergences()}
-    if severities is None:
-        from kvguard.catalog import load_catalog
-
-        severities = {code: rule.severity for code, rule in load_catalog(config.rule_dirs).items()}
-
-    lint_todo = []
-    for real, entry in entries.items():
-        display = by_real[real].display
-        if entry.error is not None or entry.facts is None:
-            continue
-        wanted = entry.facts.candidate or display in divergent
-        if not wanted:
-            entry.findings, entry.index_key = (), key
-        elif entry.findings is None or entry.index_key != key:
-            lint_todo.append((display, real, texts.get(real), entry.facts.units))
-    state = {"config": config, "index": index, "severities": severities}
-    for real, findings, error in _map(_lint_task, lint_todo, state, jobs):
-        entry = entries[real]
-        entry.findings, entry.index_key = tuple(findings), key
-        if error is not None:
-            entry.error = error
-        result.parsed += 1
-
-    for real, entry in entries.items():
+    for source in sources:
+        entry = entries[source.real]
         if entry.error is not None:
             result.errors.append(entry.error)
         elif entry.findings:
-            display = by_real[real].display
+            display = source.display
             result.findings.extend(
                 f if f.path == display else _relocate(f, display) for f in entry.findings
             )

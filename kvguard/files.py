@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import codecs
+import errno
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from kvguard.config import Config
 from kvguard.findings import FileError
@@ -42,8 +42,10 @@ def discover(paths: list[str], config: Config) -> tuple[list[SourceFile], list[F
                     add(display)
         elif os.path.isfile(arg):
             add(arg)
-        elif os.path.islink(arg):
-            errors.append(FileError(arg, "broken symbolic link: its target does not exist"))
+        elif os.path.islink(arg) and not os.path.exists(arg):
+            errors.append(FileError(arg, _dangling(arg)))
+        elif os.path.exists(arg):
+            errors.append(FileError(arg, _NOT_A_FILE))
         else:
             errors.append(FileError(arg, "no such file or directory; check the path"))
     return files, errors
@@ -67,13 +69,16 @@ def _walk(top: str, config: Config) -> Iterator[tuple[str, str]]:
         subdirs = []
         for entry in entries:
             path = os.path.join(directory, entry.name) if directory != "." else entry.name
-            if config.is_excluded(Path(path)):
+            if config.is_excluded(path):
                 continue
             try:
                 is_dir = entry.is_dir()
                 is_file = entry.is_file()
             except OSError as exc:
-                yield path, f"cannot stat: {exc.strerror or exc}"
+                yield (
+                    path,
+                    _LOOP if exc.errno == errno.ELOOP else f"cannot stat: {exc.strerror or exc}",
+                )
                 continue
             if is_dir:
                 if entry.is_symlink() and os.path.realpath(path) in _ancestors(real):
@@ -83,8 +88,26 @@ def _walk(top: str, config: Config) -> Iterator[tuple[str, str]]:
             elif is_file and entry.name.endswith((".py", ".pyi")):
                 yield path, ""
             elif entry.is_symlink() and not os.path.exists(path) and entry.name.endswith(".py"):
-                yield path, "broken symbolic link: its target does not exist"
+                yield path, _dangling(path)
         stack.extend(reversed(subdirs))
+
+
+_NOT_A_FILE = (
+    "not a regular file or directory (a FIFO, socket or device); kvguard reads Python source files"
+)
+
+
+_LOOP = "symbolic link loop: it never resolves to a file, skipped"
+
+
+def _dangling(path: str) -> str:
+    """Why a symbolic link leads nowhere: it loops, or its target is missing."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return _LOOP
+    return "broken symbolic link: its target does not exist"
 
 
 def _ancestors(real: str) -> set[str]:

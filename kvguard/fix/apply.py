@@ -85,7 +85,7 @@ def _parse_and_plan(text: str, display: str, config: Config, index: ProjectIndex
         ) from None
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
     positions = wrapper.resolve(PositionProvider)
-    model = collect(module, display, kv_names(config), index, None)
+    model = collect(module, display, kv_names(config), index)
     suppressions = line_suppressions(text)
 
     def reported(node: cst.CSTNode) -> bool:
@@ -99,15 +99,17 @@ def _parse_and_plan(text: str, display: str, config: Config, index: ProjectIndex
             names.append(node.name.value)
 
     module.visit(_Classes())
+    # the first class of each name outside functions, as the rules and the plan see them
+    classes = {n: c for n in dict.fromkeys(names) if (c := model.class_def(n)) is not None}
     lines = text.splitlines()
     indents = {}
-    for name, node in model.classes.items():
+    for name, node in classes.items():
         first = node.body.body[0] if isinstance(node.body, cst.IndentedBlock) else None
         if first is not None:
             start = positions[first].start
             indents[name] = lines[start.line - 1][: start.column]
     duplicates = {n for n in names if names.count(n) > 1}
-    return _Parsed(module, plan, model.classes, duplicates, indents)
+    return _Parsed(module, plan, classes, duplicates, indents)
 
 
 def _rewrite(parsed: _Parsed, unsafe: bool, exclude: set[str]) -> str:

@@ -6,13 +6,12 @@ the classes; the rules then judge those facts with the project index.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import libcst as cst
-from libcst.metadata import CodeRange
 
-from kvguard.lint.facts import MODULE_UNIT
+from kvguard.lint.facts import FileFacts
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
 from kvguard.lint.receivers import (
@@ -25,6 +24,8 @@ from kvguard.lint.receivers import (
     split_of,
     unpack_split,
 )
+from kvguard.lint.snippets import Snippets
+from kvguard.lint.walk import walk
 
 _STATE_CLASS_WORDS = ("Mamba", "ShortConv", "LinearAttention", "GatedDeltaNet", "GDN", "SSM")
 _MLA_WORDS = ("MLA", "Mla")
@@ -63,10 +64,9 @@ class FileModel:
     """What the rules see of one file."""
 
     path: str
-    module: cst.Module
+    class_def: Callable[[str], cst.ClassDef | None]  # first class of a name outside functions
+    code: Callable[[cst.CSTNode], str]  # a node's source text
     sites: list[SplitSite] = field(default_factory=list)
-    classes: dict[str, cst.ClassDef] = field(default_factory=dict)
-    positions: Callable[[cst.CSTNode], CodeRange] | None = None
 
 
 def _target_names(node: cst.BaseAssignTargetExpression | cst.BaseExpression) -> list[str]:
@@ -79,7 +79,7 @@ def _target_names(node: cst.BaseAssignTargetExpression | cst.BaseExpression) -> 
     return []
 
 
-class _FunctionScan(cst.CSTVisitor):
+class _FunctionScan:
     """Collect assignments and split candidates of one outermost function (or module rest)."""
 
     def __init__(self) -> None:
@@ -149,8 +149,22 @@ class _FunctionScan(cst.CSTVisitor):
     def visit_Return(self, node: cst.Return) -> None:
         self.returns.append(node)
 
-    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-        return True
+    def run(self, body: cst.CSTNode) -> None:
+        handlers = {
+            cst.Assign: self.visit_Assign,
+            cst.AnnAssign: self.visit_AnnAssign,
+            cst.For: self.visit_For,
+            cst.NamedExpr: self.visit_NamedExpr,
+            cst.Subscript: self.visit_Subscript,
+            cst.Arg: self.visit_Arg,
+            cst.Attribute: self.visit_Attribute,
+            cst.Call: self.visit_Call,
+            cst.Return: self.visit_Return,
+        }
+        for node in walk(body):
+            handler = handlers.get(type(node))
+            if handler is not None:
+                handler(node)  # type: ignore[operator]
 
 
 def _aliases(scan: _FunctionScan, ctx: Context) -> dict[str, Receiver]:
@@ -200,15 +214,15 @@ class Collector:
         self.in_state_tree = "mamba" in parts
         self.in_mla_file = any("mla" in part.lower() for part in parts)
 
-    def class_context(self, cls: cst.ClassDef | None) -> tuple[bool, bool, Kind | None]:
+    def class_context(self, class_name: str | None) -> tuple[bool, bool, Kind | None]:
         """(state context, MLA context, what self.kv_cache holds) for code in this class."""
-        if cls is None:
+        if class_name is None:
             return self.in_state_tree, self.in_mla_file, None
-        facts = self.index.lookup(cls.name.value, near=self.path)
+        facts = self.index.lookup(class_name, near=self.path)
         lineage = (
             [n for c in self.index.mro(facts) for n in (c.name, *c.bases)]
             if facts
-            else [cls.name.value]
+            else [class_name]
         )
         state = self.in_state_tree or any(w in n for n in lineage for w in _STATE_CLASS_WORDS)
         mla = self.in_mla_file or any(w in n for n in lineage for w in _MLA_WORDS)
@@ -228,16 +242,16 @@ class Collector:
     def unit(
         self,
         body: cst.CSTNode,
-        cls: cst.ClassDef | None,
+        class_name: str | None,
         function: str | None,
         params: list[str],
     ) -> list[SplitSite]:
-        state, mla, self_kind = self.class_context(cls)
+        state, mla, self_kind = self.class_context(class_name)
         if mla:
             return []
         ctx = Context(self.names, state_context=state, self_kv_cache=self_kind)
         scan = _FunctionScan()
-        body.visit(scan)
+        scan.run(body)
         ctx.head_names = frozenset(
             n
             for names, value, _node in scan.assigns
@@ -276,7 +290,6 @@ class Collector:
         in_splitter = function is not None and (
             self.names.is_splitter(function) or _is_structural_splitter(scan, splits, params, ctx)
         )
-        class_name = cls.name.value if cls is not None else None
         return [SplitSite(s, class_name, function, in_splitter, t) for s, t in splits]
 
 
@@ -323,61 +336,71 @@ def _is_structural_splitter(
     return bool(real) and all(pieces(ret.value) >= 2 for ret in real)  # type: ignore[arg-type]
 
 
-def _walk_names(node: cst.CSTNode):
-    if isinstance(node, cst.Name):
-        yield node
-    for child in node.children:
-        yield from _walk_names(child)
+def _walk_names(node: cst.CSTNode) -> Iterator[cst.Name]:
+    return (n for n in walk(node) if type(n) is cst.Name)
 
 
-def unit_key(class_stack: list[cst.ClassDef], function: str) -> str:
-    """The prefilter's name for the unit a function belongs to (see facts._units)."""
-    if not class_stack:
-        return function
-    if len(class_stack) == 1:
-        return f"{class_stack[0].name.value}.{function}"
-    return MODULE_UNIT
+def _params(node: cst.FunctionDef) -> list[str]:
+    params = node.params
+    return [p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)]
 
 
 class _Walker(cst.CSTVisitor):
-    def __init__(
-        self, collector: Collector, model: FileModel, units: frozenset[str] | None
-    ) -> None:
+    """Every function outside function bodies is one unit; ``facts._defs`` walks the same."""
+
+    def __init__(self, collector: Collector, model: FileModel) -> None:
         self.collector = collector
         self.model = model
-        self.units = units  # None: analyze every unit
+        self.classes: dict[str, cst.ClassDef] = {}
         self.class_stack: list[cst.ClassDef] = []
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        self.model.classes.setdefault(node.name.value, node)
+        self.classes.setdefault(node.name.value, node)
         self.class_stack.append(node)
 
     def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
         self.class_stack.pop()
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        params = [
-            p.name.value
-            for p in (*node.params.posonly_params, *node.params.params, *node.params.kwonly_params)
-        ]
-        cls = self.class_stack[-1] if self.class_stack else None
-        if self.units is None or unit_key(self.class_stack, node.name.value) in self.units:
-            self.model.sites.extend(self.collector.unit(node.body, cls, node.name.value, params))
+        owner = self.class_stack[-1].name.value if self.class_stack else None
+        self.model.sites.extend(
+            self.collector.unit(node.body, owner, node.name.value, _params(node))
+        )
         return False  # nested functions belong to this unit
 
 
-def collect(
-    module: cst.Module,
-    path: str,
-    names: KvNames,
-    index: ProjectIndex,
-    units: frozenset[str] | None = None,
-) -> FileModel:
-    """Collect the splits of every unit, or of ``units`` only (the prefilter's candidates)."""
-    model = FileModel(path=path, module=module)
+def collect(module: cst.Module, path: str, names: KvNames, index: ProjectIndex) -> FileModel:
+    """Collect the splits of every unit of a whole module."""
+    classes: dict[str, cst.ClassDef] = {}
+    model = FileModel(path=path, class_def=classes.get, code=module.code_for_node)
     collector = Collector(names, index, path)
-    module.visit(_Walker(collector, model, units))
+    walker = _Walker(collector, model)
+    module.visit(walker)
+    classes.update(walker.classes)
     rest = [stmt for stmt in module.body if not isinstance(stmt, (cst.FunctionDef, cst.ClassDef))]
-    if rest and (units is None or MODULE_UNIT in units):
+    if rest:
         model.sites.extend(collector.unit(module.with_changes(body=rest), None, None, []))
+    return model
+
+
+def collect_units(
+    snippets: Snippets, facts: FileFacts, path: str, names: KvNames, index: ProjectIndex
+) -> FileModel:
+    """Collect the splits of the units the ast pass kept, parsing only those."""
+    model = FileModel(
+        path=path,
+        class_def=lambda name: snippets.class_def(facts.class_spans.get(name)),
+        code=snippets.code,
+    )
+    collector = Collector(names, index, path)
+    for unit in facts.units:
+        if unit.function is None:
+            body = snippets.parse(unit.spans, unit.nested)
+            sites = collector.unit(body, None, None, [])
+        else:
+            node = snippets.statement(unit.spans, unit.nested)
+            assert isinstance(node, cst.FunctionDef), (path, unit)
+            sites = collector.unit(node.body, unit.class_name, node.name.value, _params(node))
+        snippets.claim(site.split.node for site in sites)
+        model.sites.extend(sites)
     return model

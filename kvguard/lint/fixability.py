@@ -1,8 +1,11 @@
 """Which raw K/V splits ``kvguard check --fix`` can rewrite, and into what: the fix plan.
 
 The engine asks this on every run (to say on each finding whether a fix exists); it costs
-no extra parse. ``kvguard.fix`` parses the whole module, asks the same question about the
-same sites and applies the answer, so a finding's fix marker and ``--fix`` cannot disagree.
+no extra parse: it reads the snippets the rules saw (the candidate functions, and the class
+headers KVG004 points at) and the ast-built project index (``ClassFacts.instance_methods``,
+``ClassFacts.splitter``). ``kvguard.fix`` parses the whole module, asks the same question
+about the same sites (a non-candidate function holds no site) and applies the answer, so a
+finding's fix marker and ``--fix`` cannot disagree.
 
 - In a class (KVG001, KVG004): every split site becomes a call of one splitter method,
   ``self._split_kv_cache(cache)``; the class's own or inherited plain ``_split_kv_cache``
@@ -29,7 +32,7 @@ from kvguard.findings import SAFE, UNSAFE, FixInfo
 from kvguard.lint.checker import FileModel, SplitSite
 from kvguard.lint.facts import SPLITTER_METHOD, ClassFacts
 from kvguard.lint.index import ProjectIndex
-from kvguard.lint.rules import split_contradicts_layout
+from kvguard.lint.rules import scattering_classes, split_contradicts_layout
 from kvguard.lint.views import (
     PAIR_METHODS,
     PIECE_METHODS,
@@ -446,6 +449,7 @@ def plan_file(
         else:
             loose.append(op)
     contradicting = {id(node) for node, _, _ in split_contradicts_layout(model, index)}
+    scattering = scattering_classes(model)
     for name, ops in by_class.items():
         wrong = next((op for op in ops if id(op.node) in contradicting), None)
         if name in unmodelled:
@@ -457,8 +461,10 @@ def plan_file(
             plan.classes[name] = ClassPlan(name=name, reason=reason, ops=ops)
         else:
             plan.classes[name] = _plan_class(name, ops, index, model.path)
-        if name in model.classes:
-            plan.anchors[name] = id(model.classes[name].name)
+        if name in scattering:  # the class KVG004 reports on (its header is parsed anyway)
+            cls = model.class_def(name)
+            if cls is not None:
+                plan.anchors[name] = id(cls.name)
     if not _in_vllm_tree(model.path):
         for op in loose:
             route = _runtime_route(op)

@@ -8,6 +8,7 @@ Read from the stdlib ``ast`` of ``get_kv_cache_shape`` (the logical shape, vLLM 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -171,3 +172,99 @@ def layout_names_of(func: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, 
         ):
             names.append(node.attr)
     return tuple(dict.fromkeys(names))
+
+
+# How K and V share a page, from a backend's ``customize_spec`` (vLLM 0.33+): the spec's
+# logical page is [blocks, head slots, tokens, content].
+PACKED = "K|V packed in the content dim"
+TWO_SLOTS = "K and V as two head slots (num_head_slots=2)"
+PER_HEAD_SLOTS = "K and V as separate per-head slots (num_head_slots=2*heads)"
+UNKNOWN = "?"
+
+
+def _slots(node: ast.expr) -> tuple[str, ...]:
+    if isinstance(node, ast.Constant) and node.value is None:
+        return (PACKED,)
+    if isinstance(node, ast.Constant) and node.value == 2:
+        return (TWO_SLOTS,)
+    if _is_two_times(node) and not all(
+        isinstance(side, ast.Constant)
+        for side in (node.left, node.right)  # type: ignore[attr-defined]
+    ):
+        return (PER_HEAD_SLOTS,)
+    if isinstance(node, ast.IfExp):
+        return (*_slots(node.body), *_slots(node.orelse))
+    return (UNKNOWN,)
+
+
+def _is_customized_guard(test: ast.expr, spec: str) -> bool:
+    """``spec.state_content_bytes is not None``: the spec was packed before; kept as it is."""
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Attribute)
+        and test.left.attr == "state_content_bytes"
+        and isinstance(test.left.value, ast.Name)
+        and test.left.value.id == spec
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.IsNot)
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value is None
+    )
+
+
+def _returns(body: list[ast.stmt], spec: str) -> Iterator[ast.Return]:
+    """The returns of a method body, leaving out pass-through guards for packed specs."""
+    for stmt in body:
+        if isinstance(stmt, ast.Return):
+            yield stmt
+        elif isinstance(stmt, ast.If):
+            if not _is_customized_guard(stmt.test, spec):
+                yield from _returns(stmt.body, spec)
+            yield from _returns(stmt.orelse, spec)
+        elif isinstance(stmt, (ast.For, ast.While, ast.With, ast.Try)):
+            for block in ("body", "orelse", "finalbody", "handlers"):
+                for item in getattr(stmt, block, []):
+                    inner = item.body if isinstance(item, ast.ExceptHandler) else [item]
+                    yield from _returns(inner, spec)
+
+
+def kv_packings_of(func: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, ...]:
+    """What ``customize_spec`` makes of the page, one entry per way it can return.
+
+    ``return spec`` keeps the default (K|V packed per head slot); ``replace(spec, ...)``
+    keeps it unless it sets ``num_head_slots``; a return guarded by
+    ``spec.state_content_bytes is not None`` passes an already packed spec through and
+    adds no way of its own. Anything else is UNKNOWN.
+    """
+    params = [a.arg for a in func.args.args]
+    if not params:
+        return (UNKNOWN,)
+    spec = params[1] if len(params) > 1 and params[0] in ("cls", "self") else params[0]
+    out: list[str] = []
+    for ret in _returns(func.body, spec):
+        value = ret.value
+        if value is None:
+            out.append(UNKNOWN)
+            continue
+        if isinstance(value, ast.Name) and value.id == spec:
+            out.append(PACKED)
+            continue
+        func_name = (
+            value.func.attr
+            if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+            else value.func.id
+            if isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+            else ""
+        )
+        if func_name != "replace" or not any(
+            isinstance(a, ast.Name) and a.id == spec
+            for a in value.args  # type: ignore[attr-defined]
+        ):
+            out.append(UNKNOWN)
+            continue
+        slots = next(
+            (k.value for k in value.keywords if k.arg == "num_head_slots"),  # type: ignore[attr-defined]
+            None,
+        )
+        out.extend(_slots(slots) if slots is not None else (PACKED,))
+    return tuple(dict.fromkeys(out)) or (UNKNOWN,)

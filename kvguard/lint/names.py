@@ -19,6 +19,7 @@ LAYOUT_DECLARATIONS = (
     "get_kv_cache_shape",
     "get_kv_cache_stride_order",
     "supported_kv_cache_layouts",
+    "customize_spec",
     "get_impl_cls",
 )
 
@@ -64,6 +65,7 @@ class KvNames:
         """Literal pieces one of which every matching identifier must contain.
 
         None when some pattern has no literal piece (``*``): then nothing is prefiltered.
+        A piece that contains another is dropped: finding the shorter one finds it too.
         """
         cores = []
         for pattern in (*self.cache, *self.cache_list, *self.splitters):
@@ -71,7 +73,15 @@ class KvNames:
             if not pieces:
                 return None
             cores.append(max(pieces, key=len))
-        return tuple(dict.fromkeys((*cores, *LAYOUT_DECLARATIONS)))
+        kept: list[str] = []
+        for core in sorted({*cores, *LAYOUT_DECLARATIONS}, key=len):
+            if not any(shorter in core for shorter in kept):
+                kept.append(core)
+        return tuple(kept)
+
+    @cached_property
+    def _known_words(self) -> dict[str, bool]:
+        return {}
 
     @cached_property
     def _word_re(self) -> re.Pattern[str]:
@@ -103,12 +113,15 @@ class KvNames:
                     left -= 1
                 match = self._word_re.match(text, left)
                 word = match.group(0) if match else core
-                if (
-                    self.is_cache(word)
-                    or self.is_cache_list(word)
-                    or self.is_splitter(word)
-                    or word in LAYOUT_DECLARATIONS
-                ):
+                known = self._known_words.get(word)
+                if known is None:
+                    known = self._known_words[word] = (
+                        self.is_cache(word)
+                        or self.is_cache_list(word)
+                        or self.is_splitter(word)
+                        or word in LAYOUT_DECLARATIONS
+                    )
+                if known:
                     return True
                 start = text.find(core, left + len(word))
         return False

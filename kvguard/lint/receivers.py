@@ -14,6 +14,7 @@ import libcst as cst
 
 from kvguard.lint.forms import DERIVING_METHODS, RESHAPING_METHODS, SPLIT_METHODS, VIEW_METHODS
 from kvguard.lint.names import KvNames
+from kvguard.lint.walk import walk
 
 # Target names that say a subscript picks a state, not K or V (Mamba/SSM/linear attention).
 STATE_WORDS = ("conv", "ssm", "state")
@@ -40,7 +41,6 @@ class Split:
     receiver: Receiver
     form: str  # "unbind", "subscript", "unpack", ...
     axis: int | str | None  # int (may be negative), "content" for a last-dim slice, None unknown
-    text: str = field(default="", compare=False)
 
     def describe_axis(self) -> str:
         if self.axis == "content":
@@ -81,7 +81,7 @@ def _arg(call: cst.Call, position: int, keyword: str) -> cst.BaseExpression | No
 def _mentions_head_or_half(
     node: cst.BaseExpression, head_names: frozenset[str] = frozenset()
 ) -> bool:
-    for sub in _walk(node):
+    for sub in walk(node):
         if isinstance(sub, (cst.Name, cst.Attribute)):
             word = sub.value if isinstance(sub, cst.Name) else sub.attr.value
             if "head" in word.lower() or (isinstance(sub, cst.Name) and word in head_names):
@@ -93,12 +93,6 @@ def _mentions_head_or_half(
         ):
             return True
     return int_value(node) is not None
-
-
-def _walk(node: cst.CSTNode):
-    yield node
-    for child in node.children:
-        yield from _walk(child)
 
 
 def classify(expr: cst.BaseExpression, ctx: Context, selecting: bool = False) -> Receiver | None:

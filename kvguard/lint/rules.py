@@ -9,6 +9,7 @@ import libcst as cst
 from kvguard.lint.checker import FileModel, SplitSite
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.layouts import LayoutDecl
+from kvguard.lint.spans import LAYOUT_METHODS
 
 Report = tuple[cst.CSTNode, str, str]
 
@@ -18,8 +19,8 @@ _FIX_HINT = (
 )
 
 
-def _code(module: cst.Module, node: cst.CSTNode) -> str:
-    text = module.code_for_node(node).strip()
+def _code(model: FileModel, node: cst.CSTNode) -> str:
+    text = model.code(node).strip()
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -32,7 +33,7 @@ def raw_kv_split(model: FileModel) -> Iterator[Report]:
         yield (
             split.node,
             "KVG001",
-            f"raw K/V split `{_code(model.module, split.node)}` assumes "
+            f"raw K/V split `{_code(model, split.node)}` assumes "
             f"{split.describe_axis()} of `{split.receiver.root}`; {_FIX_HINT} so every layer "
             "sharing the allocation agrees on the layout (vLLM #43945)",
         )
@@ -98,7 +99,7 @@ def split_contradicts_layout(model: FileModel, index: ProjectIndex) -> Iterator[
         yield (
             site.split.node,
             "KVG002",
-            f"`{_code(model.module, site.split.node)}` splits axis {axis}, but "
+            f"`{_code(model, site.split.node)}` splits axis {axis}, but "
             f"{backend.name} declares {layout.describe()} (K/V on axis {where}); this reads "
             f"another block's bytes instead of K or V — split on axis {where} or fix the "
             "declared shape",
@@ -108,41 +109,49 @@ def split_contradicts_layout(model: FileModel, index: ProjectIndex) -> Iterator[
 def layout_diverges_from_base(model: FileModel, index: ProjectIndex) -> Iterator[Report]:
     """KVG003: a backend declares a K/V arrangement its base backend does not share."""
     for div in index.divergences():
-        if div.backend.path != model.path or div.backend.name not in model.classes:
+        if div.backend.path != model.path:
             continue
-        cls = model.classes[div.backend.name]
+        cls = model.class_def(div.backend.name)
+        if cls is None:
+            continue
         anchor: cst.CSTNode = cls.name
         for stmt in cls.body.body:
-            if isinstance(stmt, cst.FunctionDef) and stmt.name.value in (
-                "get_kv_cache_shape",
-                "supported_kv_cache_layouts",
-                "get_kv_cache_stride_order",
-            ):
+            if isinstance(stmt, cst.FunctionDef) and stmt.name.value in LAYOUT_METHODS:
                 anchor = stmt.name
                 break
+        mine, theirs = div.backend_layout.describe(), div.base_layout.describe()
+        if div.backend_packing:
+            mine = " or ".join(sorted(div.backend_packing)) + f" ({mine})"
+            theirs = " or ".join(sorted(div.base_packing)) + f" ({theirs})"
         yield (
             anchor,
             "KVG003",
-            f"{div.backend.name} declares {div.backend_layout.describe()} but its base "
-            f"{div.base.name} declares {div.base_layout.describe()}, and {div.backend.name} "
+            f"{div.backend.name} declares {mine} but its base "
+            f"{div.base.name} declares {theirs}, and {div.backend.name} "
             "supports ENCODER_DECODER: layers of both backends can share one allocation, so "
             "one block id addresses different bytes. Keep the base's layout, or split through "
             "one splitter that re-strides ENCODER_DECODER views onto it (vLLM #43945)",
         )
 
 
-def scattered_splits(model: FileModel) -> Iterator[Report]:
-    """KVG004: one class splits the cache inline in more than one method."""
-    by_class: dict[str, list[SplitSite]] = {}
+def scattering_classes(model: FileModel) -> dict[str, list[str | None]]:
+    """The classes that split the cache inline in more than one method, with those methods."""
+    by_class: dict[str, list[str | None]] = {}
     for site in model.sites:
         if site.class_name is not None and not site.in_splitter:
-            by_class.setdefault(site.class_name, []).append(site)
-    for name, sites in by_class.items():
-        methods = list(dict.fromkeys(s.function for s in sites))
-        if len(methods) < 2 or name not in model.classes:
+            by_class.setdefault(site.class_name, []).append(site.function)
+    methods = {name: list(dict.fromkeys(functions)) for name, functions in by_class.items()}
+    return {name: found for name, found in methods.items() if len(found) >= 2}
+
+
+def scattered_splits(model: FileModel) -> Iterator[Report]:
+    """KVG004: one class splits the cache inline in more than one method."""
+    for name, methods in scattering_classes(model).items():
+        cls = model.class_def(name)
+        if cls is None:
             continue
         yield (
-            model.classes[name].name,
+            cls.name,
             "KVG004",
             f"{name} splits the KV cache inline in {len(methods)} methods "
             f"({', '.join(str(m) for m in methods)}); add one `_split_kv_cache(self, kv_cache)` "

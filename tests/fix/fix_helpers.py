@@ -6,7 +6,7 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from kvguard.config import Config
-from kvguard.engine import kv_names, lint_source, scan_source
+from kvguard.engine import build_index, kv_names, lint_source, scan_source
 from kvguard.fix.apply import fix_source
 from kvguard.lint.checker import collect
 from kvguard.lint.fixability import plan_file
@@ -16,9 +16,11 @@ SEVERITY = {"KVG001": "error", "KVG002": "error", "KVG003": "error", "KVG004": "
 
 
 def index_of(files: dict[str, str], config: Config | None = None) -> ProjectIndex:
-    names = kv_names(config or Config())
-    return ProjectIndex.build(
-        c for path, text in files.items() for c in scan_source(text, path, names).classes
+    """The project index ``kvguard check`` would build over these files."""
+    config = config or Config()
+    names = kv_names(config)
+    return build_index(
+        {path: scan_source(text, path, names) for path, text in files.items()}, config
     )
 
 
@@ -38,7 +40,7 @@ def routed_sites(text: str, path: str, index: ProjectIndex):  # type: ignore[no-
     module = cst.parse_module(text)
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
     positions = wrapper.resolve(PositionProvider)
-    model = collect(module, path, kv_names(Config()), index, None)
+    model = collect(module, path, kv_names(Config()), index)
     plan = plan_file(model, index, lambda node: True)
     sites = []
     declared: dict[str, str | None] = {}

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from kvguard.config import Config
+from kvguard.engine import build_index, kv_names, lint_source, scan_source
 from kvguard.lint.fixability import RUNTIME_LAYOUTS
 from kvguard.runtime.layouts import LAYOUTS, split_kv_cache
 from tests.fix.equivalence import compare_modules, compare_sites, load, signature
-from tests.fix.fix_helpers import fix_text, index_of, lint_text, routed_sites
+from tests.fix.fix_helpers import SEVERITY, fix_text, index_of, lint_text, routed_sites
 
 CORPUS = Path(__file__).parent / "corpus"
 FIXABLE = ["blocks_first", "kv_first_mixed", "packed", "base_splitter"]
@@ -55,6 +57,19 @@ def test_isolated_comparison_agrees(name: str) -> None:
     assert [c for c in report.checked if not c.ok] == []
     assert len(report.checked) == len(sites)
     assert withheld == {}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CORPUS.glob("*.py")))
+def test_check_plans_on_snippets_what_fix_plans_on_the_whole_module(name: str) -> None:
+    """``kvguard check`` plans each finding's fix on the snippets it parsed, ``--fix`` on
+    the whole module: the same fixes, the same withheld notes (``Finding ==`` ignores fix)."""
+    text, config = _corpus(name), Config()
+    facts = scan_source(text, "impl.py", kv_names(config))
+    index = build_index({"impl.py": facts}, config)
+    whole = lint_source(text, "impl.py", config, index, SEVERITY)
+    parts = lint_source(text, "impl.py", config, index, SEVERITY, facts)
+    assert any(f.fix is not None or "no automatic fix:" in f.message for f in whole)
+    assert [(f, f.fix) for f in parts] == [(f, f.fix) for f in whole]
 
 
 @pytest.mark.parametrize("name", FIXABLE)

@@ -159,13 +159,13 @@ def test_diff_over_a_vllm_tree(kvguard, tmp_path: Path, version: str) -> None:
 
 def _index_with(originals: dict[str, str], root: Path):  # type: ignore[no-untyped-def]
     """The project index of the tree before the fix (the plan that the diff carried out)."""
-    from kvguard.engine import kv_names, scan_source
-    from kvguard.lint.index import ProjectIndex
+    from kvguard.engine import build_index, kv_names, scan_source
 
-    names = kv_names(Config())
-    classes = []
+    config = Config()
+    names = kv_names(config)
+    facts = {}
     for path in sorted((root / "vllm").rglob("*.py")):
         rel = str(path.relative_to(root))
         text = originals.get(rel) or path.read_text(encoding="utf-8")
-        classes.extend(scan_source(text, rel, names).classes)
-    return ProjectIndex.build(classes)
+        facts[rel] = scan_source(text, rel, names)
+    return build_index(facts, config)

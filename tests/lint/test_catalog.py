@@ -11,8 +11,7 @@ import pytest
 
 from kvguard.catalog import RULES_DIR, SEVERITIES, Example, Rule, load_catalog, load_rule
 from kvguard.config import Config
-from kvguard.engine import check, kv_names, lint_source, scan_source
-from kvguard.lint.index import ProjectIndex
+from kvguard.engine import build_index, check, kv_names, lint_source, scan_source
 
 RULE_FILES = sorted(RULES_DIR.glob("*.toml"))
 CATALOG = load_catalog()
@@ -36,7 +35,7 @@ CASES = _cases()
 def _lint(text: str, path: str, config: Config | None = None):  # type: ignore[no-untyped-def]
     config = config or Config()
     facts = scan_source(text, path, kv_names(config))
-    index = ProjectIndex.build(facts.classes)
+    index = build_index({path: facts}, config)
     return lint_source(text, path, config, index, SEVERITY)
 
 

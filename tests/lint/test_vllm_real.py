@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from kvguard.config import Config
-from kvguard.engine import check, kv_names, lint_source, scan_source
-from kvguard.lint.index import ProjectIndex
+from kvguard.engine import build_index, check, kv_names, lint_source, scan_source
 from tests.lint.vllm_eval import score
 from tests.vllm_sources import vllm_tree
 
@@ -76,6 +75,23 @@ def test_fixed_file_is_clean(tree_023, tmp_path):
     assert [f for f in findings if f.path == AITER] == []
 
 
+def test_033_aiter_packing_diverges_from_rocm_head_slots():
+    """vLLM 0.33: ROCM_ATTN's customize_spec puts K and V in two head slots; its AITER
+    subclass keeps them packed in the content dim and takes ENCODER_DECODER (#43660 again)."""
+    tree = vllm_tree("0.33.0")
+    rocm = (tree / ROCM).read_text()
+    aiter = (tree / AITER).read_text()
+    assert "num_head_slots=2" in rocm and "AttentionType.ENCODER_DECODER" in aiter
+    findings = check([str(tree / AITER), str(tree / ROCM)], Config(), use_cache=False).findings
+    kvg003 = [f for f in findings if f.code == "KVG003"]
+    assert len(kvg003) == 1, findings
+    finding = kvg003[0]
+    assert finding.path.endswith(AITER)
+    assert aiter.splitlines()[finding.line - 1].strip().startswith("def customize_spec(")
+    assert "RocmAttentionBackend declares K and V as two head slots" in finding.message
+    assert "RocmAiterUnifiedAttentionBackend declares K|V packed" in finding.message
+
+
 @pytest.mark.parametrize(
     ("version", "min_precision", "min_recall"),
     [("0.22.0", 0.95, 0.9), ("0.23.0", 0.95, 0.95), ("0.33.0", 0.9, 0.95)],
@@ -99,12 +115,14 @@ _CORES = (
     "get_impl_cls",
     "get_kv_cache_shape",
     "supported_kv_cache_layouts",
+    "customize_spec",
 )
 
 
 @pytest.mark.parametrize("version", ["0.22.0", "0.33.0"])
 def test_prefilter_never_drops_a_finding(version):
-    """Full libcst analysis of every file that spells a KV word equals the pipeline's result."""
+    """Full libcst analysis of every file that spells a KV word equals the pipeline's result,
+    fixes included (the pipeline plans them on snippets, ``--fix`` on whole modules)."""
     tree = vllm_tree(version)
     config = Config()
     names = kv_names(config)
@@ -114,17 +132,18 @@ def test_prefilter_never_drops_a_finding(version):
         if any(core in text for core in _CORES):
             texts[str(path.relative_to(tree))] = text
     facts = {rel: scan_source(text, rel, names) for rel, text in texts.items()}
-    index = ProjectIndex.build(c for f in facts.values() for c in f.classes)
+    index = build_index(facts, config)
     full = set()
     for rel, text in texts.items():
-        # units=None: every function of every file, no prefilter at any stage
-        full |= set(lint_source(text, rel, config, index, {}, units=None))
+        # no facts: every function of every whole module, no prefilter at any stage
+        full |= {(f, f.fix) for f in lint_source(text, rel, config, index, {})}
     import os
 
     cwd = os.getcwd()
     os.chdir(tree)
     try:
-        piped = set(check(["vllm"], config, use_cache=False, severities={}).findings)
+        result = check(["vllm"], config, use_cache=False, severities={})
+        piped = {(f, f.fix) for f in result.findings}
     finally:
         os.chdir(cwd)
     assert full, "the full analysis should find something in a real vLLM tree"
