@@ -27,19 +27,19 @@ def discover(paths: list[str], config: Config) -> tuple[list[SourceFile], list[F
     errors: list[FileError] = []
     seen: set[str] = set()
 
-    def add(display: str) -> None:
-        real = os.path.realpath(display)
+    def add(display: str, real: str = "") -> None:
+        real = real or os.path.realpath(display)
         if real not in seen:
             seen.add(real)
             files.append(SourceFile(display, real))
 
     for arg in paths:
         if os.path.isdir(arg):
-            for display, error in _walk(arg, config):
+            for display, error, real in _walk(arg, config):
                 if error:
                     errors.append(FileError(display, error))
                 else:
-                    add(display)
+                    add(display, real)
         elif os.path.isfile(arg):
             add(arg)
         elif os.path.islink(arg) and not os.path.exists(arg):
@@ -51,20 +51,21 @@ def discover(paths: list[str], config: Config) -> tuple[list[SourceFile], list[F
     return files, errors
 
 
-def _walk(top: str, config: Config) -> Iterator[tuple[str, str]]:
+def _walk(top: str, config: Config) -> Iterator[tuple[str, str, str]]:
+    """(path, why it is skipped or "", resolved path) of the files under ``top``."""
     visited: set[str] = set()
     stack = [top]
     while stack:
         directory = stack.pop()
         real = os.path.realpath(directory)
         if real in visited:
-            yield directory, "symbolic link loop: directory already visited, skipped"
+            yield directory, "symbolic link loop: directory already visited, skipped", ""
             continue
         visited.add(real)
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
-            yield directory, f"cannot list directory: {exc.strerror or exc}"
+            yield directory, f"cannot list directory: {exc.strerror or exc}", ""
             continue
         subdirs = []
         for entry in entries:
@@ -78,17 +79,21 @@ def _walk(top: str, config: Config) -> Iterator[tuple[str, str]]:
                 yield (
                     path,
                     _LOOP if exc.errno == errno.ELOOP else f"cannot stat: {exc.strerror or exc}",
+                    "",
                 )
                 continue
             if is_dir:
                 if entry.is_symlink() and os.path.realpath(path) in _ancestors(real):
-                    yield path, "symbolic link loop: points to an enclosing directory, skipped"
+                    yield path, "symbolic link loop: points to an enclosing directory, skipped", ""
                     continue
                 subdirs.append(path)
             elif is_file and entry.name.endswith((".py", ".pyi")):
-                yield path, ""
+                # scandir knows whether the entry is a link: only links need resolving
+                # (one lstat per path component); the rest lie in the resolved directory
+                link = entry.is_symlink()
+                yield path, "", os.path.realpath(path) if link else os.path.join(real, entry.name)
             elif entry.is_symlink() and not os.path.exists(path) and entry.name.endswith(".py"):
-                yield path, _dangling(path)
+                yield path, _dangling(path), ""
         stack.extend(reversed(subdirs))
 
 
