@@ -167,28 +167,31 @@ def _check(args: argparse.Namespace) -> int:
     if args.fix or args.diff:
         return _fix(args, result, config, severities, catalog, color)
 
-    if args.format == "json":
-        from kvguard.report.as_json import render
-
-        text = render(result)
-    elif args.format == "sarif":
-        from kvguard.report.as_sarif import render
-
-        text = render(result, catalog)
-    elif args.format == "github":
-        from kvguard.report.as_github import render
-
-        text = render(result, catalog)
-    else:
-        from kvguard.report.as_text import render
-
-        text = render(result, catalog, args.statistics, color, args.unsafe_fixes)
-    _emit(text, args.output_file, color and args.format == "text")
+    _emit(_render(result, args, catalog, color), args.output_file, color and args.format == "text")
     if result.errors:
         return EXIT_ERROR
     if result.findings and not args.exit_zero:
         return EXIT_FINDINGS
     return EXIT_CLEAN
+
+
+def _render(result, args, catalog, color: bool) -> str:  # type: ignore[no-untyped-def]
+    """The report in the --format asked for (each renderer imported only when used)."""
+    if args.format == "json":
+        from kvguard.report.as_json import render
+
+        return render(result)
+    if args.format == "sarif":
+        from kvguard.report.as_sarif import render
+
+        return render(result, catalog)
+    if args.format == "github":
+        from kvguard.report.as_github import render
+
+        return render(result, catalog)
+    from kvguard.report.as_text import render
+
+    return render(result, catalog, args.statistics, color, args.unsafe_fixes)
 
 
 def _fix(args, result, config, severities, catalog, color) -> int:  # type: ignore[no-untyped-def]
@@ -219,22 +222,8 @@ def _fix(args, result, config, severities, catalog, color) -> int:  # type: igno
         if remaining.errors:
             return EXIT_ERROR
         return EXIT_FINDINGS if diff else EXIT_CLEAN
-    if args.format == "json":
-        from kvguard.report.as_json import render
-
-        text = render(remaining)
-    elif args.format == "sarif":
-        from kvguard.report.as_sarif import render
-
-        text = render(remaining, catalog)
-    elif args.format == "github":
-        from kvguard.report.as_github import render
-
-        text = render(remaining, catalog)
-    else:
-        from kvguard.report.as_text import render
-
-        text = render(remaining, catalog, args.statistics, color, args.unsafe_fixes)
+    text = _render(remaining, args, catalog, color)
+    if args.format == "text":
         text = f"{text}\n{line}"
     _emit(text, args.output_file, color and args.format == "text")
     if remaining.errors:
