@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.vllm import tiny_models  # noqa: E402
 
-ROUNDS = 8  # 24 prompts x 12 tokens per generate call
+ROUNDS = 8  # 32 prompts x 12 tokens per generate call
 REPEAT = 8  # timed generate calls per engine, after one warm-up call
 OTHER_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver"  # vLLM's own, minus kvguard
 
