@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.vllm import tiny_models  # noqa: E402
+from tests.vllm.engine_run import PROMPTS  # noqa: E402
 
-ROUNDS = 8  # 24 prompts x 12 tokens per generate call
+ROUNDS = 8  # 32 prompts x 12 tokens per generate call
 REPEAT = 8  # timed generate calls per engine, after one warm-up call
 OTHER_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver"  # vLLM's own, minus kvguard
 
@@ -119,7 +120,8 @@ def main() -> int:
     print(f"  kvguard's entry point alone (load + call, mode unset): median {ours * 1e6:.0f} us")
 
     print(
-        f"engine throughput, warn mode vs plugin off ({ROUNDS * 3} prompts x 12 tokens, best of "
+        f"engine throughput, warn mode vs plugin off ({ROUNDS * len(PROMPTS)} prompts x 12 "
+        f"tokens, best of "
         f"{REPEAT} generate calls per engine and of {args.pairs} engines per mode, "
         "multiprocessing off):"
     )

@@ -51,7 +51,7 @@ class _Entry:
     error: KVLayoutMismatchError | None = None
     fixed_ref: Any = None  # weakref to the re-strided kv_cache, owned by the kv tensor itself
     fixed_input: tuple[int, tuple[int, ...]] | None = None
-    fix_views: list[ViewGeometry] | None = None
+    fix_views: dict[ViewGeometry, ViewGeometry] | None = None  # judged view -> fixed view
 
 
 @dataclass(eq=False)
@@ -122,6 +122,18 @@ def _match_layout(root: torch.Tensor, views: list[ViewGeometry]) -> str | None:
         ):
             return name
     return None
+
+
+def _restrided(
+    views: list[torch.Tensor], fixes: dict[ViewGeometry, ViewGeometry]
+) -> dict[int, torch.Tensor]:
+    """{id(view): the view re-strided as fix mode computed for its geometry}."""
+    subst = {}
+    for t in views:
+        g = fixes.get(ViewGeometry.of(t))
+        if g is not None:
+            subst[id(t)] = t.as_strided(g.shape, g.stride, g.offset)
+    return subst
 
 
 class Guard:
@@ -378,10 +390,7 @@ class Guard:
         if self.mode == "strict" or not isinstance(fix, list):
             raise KVLayoutMismatchError(violation)
         self._log_once(verdict, violation, fixing=True)
-        return {
-            id(t): t.as_strided(g.shape, g.stride, g.offset)
-            for t, g in zip(views, fix, strict=True)
-        }
+        return _restrided(views, verdict["fix_by_view"])
 
     def _log_once(self, verdict, violation, fixing: bool = False) -> None:
         pair = (verdict["alloc"], violation["layer"])
@@ -404,7 +413,7 @@ class Guard:
         )
         verdict["layer_record"]["fix_path"] = "restride" if solved else "intercept"
         if solved is None:
-            return _Entry(_INTERCEPT, fix_views=fix)
+            return _Entry(_INTERCEPT, fix_views=verdict["fix_by_view"])
         entry = _Entry(_RESTRIDE, fixed_input=solved)
         self._attach_fixed_input(entry, kv)
         return entry
@@ -427,12 +436,7 @@ class Guard:
 
     def _intercepted(self, fn, impl, kv, entry: _Entry, args, kwargs):
         def on_boundary(views: list[torch.Tensor]):
-            if len(views) != len(entry.fix_views):
-                return None
-            return {
-                id(t): t.as_strided(g.shape, g.stride, g.offset)
-                for t, g in zip(views, entry.fix_views, strict=True)
-            }
+            return _restrided(views, entry.fix_views)
 
         with SplitRecorder(kv, on_boundary, ignore=(self._wrapper_code,)):
             return fn(impl, *args, **kwargs)
@@ -553,6 +557,10 @@ class Guard:
                 verdict["violation"] = violation
             else:
                 verdict["fix"] = None
+        if isinstance(verdict.get("fix"), list):
+            # by geometry, not position: one call may split the cache twice (vLLM's
+            # CrossAttentionImpl.forward updates the cache, then calls the backend's forward)
+            verdict["fix_by_view"] = dict(zip(geoms, verdict["fix"], strict=True))
         if len(views) == 2 and len(geoms) == 1 and isinstance(verdict.get("fix"), list):
             verdict["fix"] = verdict["fix"] * 2  # same fixed view for K and V
         with self._lock:

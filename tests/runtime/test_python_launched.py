@@ -53,3 +53,41 @@ def test_fix_is_right_on_the_first_python_launched_call():
     k, v = raw.view(2, N, BS, H * D).unbind(0)  # the allocation's page map: K/V-first
     assert torch.equal(k[2:4], key) and torch.equal(v[2:4], value)
     assert torch.equal(k[0:2], key) and torch.equal(v[0:2], value)  # "self" left intact
+
+
+def _kv_first(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return kv_cache.view(2, N, BS, H, D).unbind(0)
+
+
+class UpdateThenAttend:
+    """Splits the cache twice in one call, as vLLM's CrossAttentionImpl.forward does (it
+    updates the cache, then calls the backend's forward, which splits it again)."""
+
+    attn_type = "encoder_decoder"
+
+    def do_kv_cache_update(self, layer, key, value, kv_cache, blocks):
+        key_cache, value_cache = _kv_first(kv_cache)
+        key_cache[blocks] = key
+        value_cache[blocks] = value
+
+    def forward(self, layer, key, value, kv_cache, blocks):
+        self.do_kv_cache_update(layer, key, value, kv_cache, blocks)
+        key_cache, value_cache = _kv_first(kv_cache)
+        return key_cache[blocks].clone(), value_cache[blocks].clone()
+
+
+def test_fix_restrides_every_split_of_one_call():
+    guard = Guard("fix")
+    impl = guard.wrap(UpdateThenAttend)()
+    raw = torch.zeros(N * 2 * BS * H * D)
+    page = 2 * BS * H * D * raw.element_size()
+    guard.declare_allocation(
+        raw, page_bytes=page, block_stride=page, layers=["cross"], num_blocks=N
+    )
+    pages = raw.view(N, 2, BS, H, D)  # the declared page map: blocks-first
+    for blocks in ([1, 2], [5, 3]):  # first sight, then steady state
+        key, value = torch.randn(2, 2, BS, H, D)
+        k, v = impl.forward(Layer("cross"), key, value, pages, torch.tensor(blocks))
+        assert torch.equal(k, key) and torch.equal(v, value)
+        assert torch.equal(pages[blocks, 0], key) and torch.equal(pages[blocks, 1], value)
+    assert guard.report()["layers"][0]["status"] == "violation"

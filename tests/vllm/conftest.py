@@ -148,3 +148,17 @@ def run_engine(models, torch_backend_site, tmp_path_factory):
         return EngineRun(json.loads(out.read_text()), output, reports_dir, reports)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def plugin_off(run_engine):
+    """plugin_off(kind) -> the run of vLLM's own CPU backend with KVGUARD_MODE unset (once
+    per model): the reference outputs."""
+    runs: dict[str, EngineRun] = {}
+
+    def get(kind: str) -> EngineRun:
+        if kind not in runs:
+            runs[kind] = run_engine(kind, multiprocessing=False)
+        return runs[kind]
+
+    return get

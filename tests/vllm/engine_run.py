@@ -3,7 +3,7 @@
     python -m tests.vllm.engine_run MODEL_KIND MODEL_DIR OUT_JSON [--rounds N] [--repeat R]
 
 MODEL_KIND is llama, gemma3 or whisper; the model directory is built by `tiny_models.py`
-(config only: weights are vLLM's dummy load). Everything that switches the guard on or off
+(config and seeded random weights). Everything that switches the guard on or off
 comes from the environment (KVGUARD_MODE, VLLM_PLUGINS, ...), exactly as a user sets it.
 The engine is created under `if __name__ == "__main__"` because vLLM spawns its processes.
 With --repeat R (the benchmark), one untimed warm-up generate is followed by R timed ones.
@@ -16,8 +16,16 @@ import sys
 import time
 import traceback
 
-PROMPTS = [[1, 17, 42, 99, 7, 3, 250, 11], [5, 6, 7, 8], [200, 100, 50, 25, 12, 6, 3]]
+PROMPTS = [
+    [1, 17, 42, 99, 7, 3, 250, 11],
+    [5, 6, 7, 8],
+    [200, 100, 50, 25, 12, 6, 3],
+    [9, 180, 33, 64, 128, 77],
+]
 MAX_TOKENS = 12
+# Room for 16 blocks of 128 tokens per layer: the live blocks of all cache groups sit close
+# together, so a layer whose split misplaces blocks lands in pages other layers own.
+KV_CACHE_BYTES = {"llama": 2 << 20, "gemma3": 2 << 20, "whisper": 4 << 20}
 
 
 def _requests(kind: str, model_dir: str, rounds: int):
@@ -49,13 +57,13 @@ def main(argv: list[str]) -> int:
 
     kwargs = dict(
         model=model_dir,
-        load_format="dummy",
+        load_format="safetensors",
         skip_tokenizer_init=kind != "whisper",
         enforce_eager=True,
         max_model_len=128,
         max_num_seqs=4,
         max_num_batched_tokens=128,
-        kv_cache_memory_bytes=64 << 20,
+        kv_cache_memory_bytes=KV_CACHE_BYTES[kind],
         seed=0,
         dtype="float32",
     )

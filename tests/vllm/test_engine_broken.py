@@ -1,7 +1,13 @@
-"""Issue test 2: a backend registered through vLLM's own override mechanism whose split reads
-the layer's cache as K/V-first, against vLLM's KVCacheTensor page map. Strict raises
-KVLayoutMismatchError from the worker with the whole message; fix gives the correct backend's
-greedy outputs; warn logs once per layer. Plus VLLM_PLUGINS allowlisting and `kvguard report`.
+"""Issue test 2: a backend registered through vLLM's own override mechanism (torch_backend.py)
+in which only SOME layers read their cache K/V-first, while the layers vLLM binds to the same
+bytes read them correctly, as in vLLM #43660: Gemma3's sliding-window layers beside its
+full-attention layers (three cache groups overlay one buffer), Whisper's cross-attention
+beside the self-attention of the same decoder layer (the very same storage).
+
+Unguarded, the outputs differ from the correct backend's: the corruption is real. Strict
+raises KVLayoutMismatchError from the worker with the whole message; fix gives the correct
+backend's greedy outputs; warn logs once per broken layer and changes nothing. Multiprocessing
+on and off. Plus VLLM_PLUGINS allowlisting and `kvguard report`.
 """
 
 from __future__ import annotations
@@ -14,23 +20,73 @@ import pytest
 
 from .conftest import REPO
 
-LAYERS = ["model.layers.0.self_attn.attn", "model.layers.1.self_attn.attn"]
+GEMMA3_SLIDING = [f"model.layers.{i}.self_attn.attn" for i in (0, 1, 3, 4)]
+# which layers read with the wrong split, told by what vLLM bound to each layer
+BROKEN = {
+    "gemma3": ("kv_first_sliding", lambda binding: binding["layer"] in GEMMA3_SLIDING),
+    "whisper": ("kv_first_cross", lambda binding: binding["attn_type"] == "encoder_decoder"),
+}
+KINDS = pytest.mark.parametrize("kind", sorted(BROKEN))
 MULTIPROCESSING = pytest.mark.parametrize("multiprocessing", [False, True], ids=["mp-off", "mp-on"])
 BOTH_PLUGINS = "kvguard,kvguard_test_torch_backend"
 
 
 @pytest.fixture(scope="module")
-def correct_outputs(run_engine):
-    return run_engine("llama", False, split="packed").tokens
+def reference(run_engine):
+    """reference(kind, split, multiprocessing=False) -> the run with the plugin off, once.
+
+    What a wrong split corrupts depends on how vLLM batches the steps. With multiprocessing
+    off that is fixed; with it on, the engine core steps as soon as the first request reaches
+    it, so the corrupted outputs vary from run to run (three runs of the same command here
+    gave three different sets): only mp-off corrupted runs are compared token for token.
+    """
+    runs = {}
+
+    def get(kind: str, split: str, multiprocessing: bool = False):
+        key = (kind, split, multiprocessing)
+        if key not in runs:
+            runs[key] = run_engine(kind, multiprocessing, split=split)
+        return runs[key]
+
+    return get
+
+
+def _broken_run(run_engine, kind: str, multiprocessing: bool, mode: str, **env: str):
+    return run_engine(kind, multiprocessing, mode=mode, split=BROKEN[kind][0], **env)
+
+
+def _split_layers(kind: str, report: dict) -> tuple[list[str], list[str]]:
+    """(layers with the wrong split, layers with the right one that use the cache)."""
+    reads_wrong = BROKEN[kind][1]
+    bound = [b for b in report["bindings"] if b["kv_cache"] is not None]
+    wrong = sorted(b["layer"] for b in bound if reads_wrong(b))
+    right = sorted(b["layer"] for b in bound if not reads_wrong(b))
+    assert wrong and right, bound
+    return wrong, right
 
 
 def _message_lines(message: str) -> list[str]:
     return [line.strip() for line in message.splitlines() if line.strip()]
 
 
+@KINDS
 @MULTIPROCESSING
-def test_strict_raises_from_the_worker_with_the_full_message(multiprocessing, run_engine):
-    run = run_engine("llama", multiprocessing, mode="strict", split="kv_first")
+def test_unguarded_the_mixed_splits_corrupt_the_outputs(
+    kind, multiprocessing, reference, plugin_off
+):
+    correct = reference(kind, "packed").tokens
+    corrupted = reference(kind, BROKEN[kind][0], multiprocessing).tokens
+
+    # the torch backend, split correctly, is faithful to vLLM's own CPU backend ...
+    assert correct == plugin_off(kind).tokens
+    # ... and the wrong split of some layers, unchecked, changes what the model says
+    assert corrupted != correct
+
+
+@KINDS
+@MULTIPROCESSING
+def test_strict_raises_from_the_worker_with_the_full_message(kind, multiprocessing, run_engine):
+    run = _broken_run(run_engine, kind, multiprocessing, "strict")
 
     assert not run.result["ok"]
     if multiprocessing:
@@ -42,56 +98,68 @@ def test_strict_raises_from_the_worker_with_the_full_message(multiprocessing, ru
         assert run.result["error_module"] == "kvguard.runtime.errors"
     # the report written at the first violation holds the message the user must see in full
     (report,) = run.reports
+    wrong, _ = _split_layers(kind, report)
     violation = report["violations"][0]
-    assert violation["layer"] == LAYERS[0]
+    assert violation["layer"] in wrong
     assert violation["invariant"] == "containment"
     message = violation["message"]
-    for needle in ("TorchPagedImpl", "first colliding block ids", "what to do", "KVGUARD_MODE=fix"):
+    impl = {rec["name"]: rec["impl"] for rec in report["layers"]}[violation["layer"]]
+    assert impl.endswith(("TorchPagedImpl", "CrossAttentionImpl"))  # ours, or vLLM's subclass
+    for needle in (f"impl {impl}", "first colliding block ids", "what to do", "KVGUARD_MODE=fix"):
         assert needle in message
     for line in _message_lines(message):
         assert line in run.result["error"], line
         assert line in run.output, line  # also logged, at ERROR, by the worker
 
 
+@KINDS
 @MULTIPROCESSING
-def test_fix_gives_the_correct_backends_outputs(multiprocessing, run_engine, correct_outputs):
-    run = run_engine(
-        "llama", multiprocessing, mode="fix", split="kv_first", VLLM_PLUGINS=BOTH_PLUGINS
-    )
+def test_fix_gives_the_correct_backends_outputs(kind, multiprocessing, run_engine, reference):
+    run = _broken_run(run_engine, kind, multiprocessing, "fix", VLLM_PLUGINS=BOTH_PLUGINS)
 
-    assert run.tokens == correct_outputs
+    assert run.tokens == reference(kind, "packed").tokens
     (report,) = run.reports
-    fixed = {rec["name"]: rec for rec in report["layers"]}
-    for name in LAYERS:  # the guard really stepped in on every layer
-        assert fixed[name]["status"] == "violation"
-        assert fixed[name]["fix_path"] in ("restride", "intercept")
+    wrong, right = _split_layers(kind, report)
+    layers = {rec["name"]: rec for rec in report["layers"]}
+    for name in wrong:  # the guard stepped in on every wrong layer, and only there
+        assert layers[name]["status"] == "violation"
+        assert layers[name]["fix_path"] in ("restride", "intercept")
         logged = f"kvguard fix: re-striding the views below. kvguard: layer {name!r}"
         assert run.output.count(logged) == 1
+    for name in right:
+        assert layers[name]["status"] == "ok"
 
 
-def test_warn_logs_once_per_layer_and_proceeds(run_engine):
-    run = run_engine("llama", False, mode="warn", split="kv_first")
+@KINDS
+@MULTIPROCESSING
+def test_warn_logs_once_per_layer_and_changes_nothing(kind, multiprocessing, run_engine, reference):
+    run = _broken_run(run_engine, kind, multiprocessing, "warn")
 
-    assert run.result["ok"], run.result.get("traceback")
-    for name in LAYERS:
+    if multiprocessing:  # the corruption went through unchanged (see `reference`)
+        assert run.tokens != reference(kind, "packed").tokens
+    else:
+        assert run.tokens == reference(kind, BROKEN[kind][0]).tokens  # the unguarded run's
+    (report,) = run.reports
+    wrong, _ = _split_layers(kind, report)
+    for name in wrong:
         pattern = rf"^kvguard: layer {re.escape(repr(name))} and the page map"
         assert len(re.findall(pattern, run.output, flags=re.M)) == 1, name
-    (report,) = run.reports
-    assert sorted(v["layer"] for v in report["violations"]) == LAYERS
+    assert sorted(v["layer"] for v in report["violations"]) == wrong
 
 
-def test_plugin_left_out_of_vllm_plugins_wraps_nothing(run_engine):
-    run = run_engine(
-        "llama", False, mode="strict", split="kv_first", VLLM_PLUGINS="kvguard_test_torch_backend"
+def test_plugin_left_out_of_vllm_plugins_wraps_nothing(run_engine, reference):
+    run = _broken_run(
+        run_engine, "gemma3", False, "strict", VLLM_PLUGINS="kvguard_test_torch_backend"
     )
 
-    assert run.result["ok"], run.result.get("traceback")  # the broken split ran unchecked
+    # the broken split ran unchecked: the corrupted outputs, no kvguard module, no report
+    assert run.tokens == reference("gemma3", BROKEN["gemma3"][0]).tokens
     assert not any(m.startswith("kvguard.") for m in run.result["kvguard_modules"])
     assert run.reports == []
 
 
 def test_kvguard_report_renders_the_engine_reports(run_engine):
-    run = run_engine("llama", True, mode="strict", split="kv_first", VLLM_PLUGINS=BOTH_PLUGINS)
+    run = _broken_run(run_engine, "gemma3", True, "strict", VLLM_PLUGINS=BOTH_PLUGINS)
 
     cli = subprocess.run(
         [sys.executable, "-m", "kvguard", "report", str(run.report_dir)],

@@ -1,15 +1,22 @@
-"""Tiny model directories built locally: a config (and, for Whisper, a tokenizer) only.
+"""Tiny model directories built locally: a config, seeded random weights and, for Whisper, a
+tokenizer. Nothing is downloaded.
 
-Weights come from vLLM's dummy loader, so nothing is downloaded. Head dims are 64 because
-the CPU attention backend supports {32, 64, 80, ...}.
+The weights are transformers' own random initialisation of the model class the config names
+(so the tensor names are the ones vLLM's loader expects), saved as safetensors. Unlike vLLM's
+dummy loader, they make greedy outputs vary from token to token and prompt to prompt, so that
+"outputs are equal" says something. Head dims are 64 because the CPU attention backend
+supports {32, 64, 80, ...}.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 VOCAB = 256
+SEED = 0
 
 
 def llama(path: Path) -> Path:
@@ -61,10 +68,28 @@ def gemma3(path: Path) -> Path:
     )
 
 
-def _write(path: Path, config: dict) -> Path:
+def _write(path: Path, config: dict, init_std: float | None = None) -> Path:
+    """The config, then random weights for it; init_std overrides the config's init scale."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config, indent=1))
+    _random_weights(path, init_std)
     return path
+
+
+def _random_weights(path: Path, init_std: float | None) -> None:
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    if init_std is not None:
+        config.initializer_range = config.init_std = init_std
+    model_class = getattr(transformers, config.architectures[0])
+    torch.manual_seed(SEED)
+    model = model_class(config)
+    # save_pretrained also writes its own config and generation config: keep only the weights
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        shutil.copy(Path(tmp) / "model.safetensors", path / "model.safetensors")
 
 
 BUILDERS = {"llama": llama, "gemma3": gemma3}
@@ -129,6 +154,8 @@ def whisper(path: Path) -> Path:
             "torch_dtype": "float32",
             "is_encoder_decoder": True,
         },
+        # transformers' default (0.02) leaves the decoder repeating one token whatever the audio
+        init_std=0.5,
     )
 
 
