@@ -136,6 +136,13 @@ def _restrided(
     return subst
 
 
+def _with_kv_cache(args: tuple, kwargs: dict, kv_pos: int, kv: torch.Tensor) -> tuple:
+    """The call's arguments with `kv` in the place of its kv_cache, positional or keyword."""
+    if len(args) > kv_pos:
+        return (*args[:kv_pos], kv, *args[kv_pos + 1 :]), kwargs
+    return args, {**kwargs, "kv_cache": kv}
+
+
 class Guard:
     """Checks that layers sharing a KV allocation agree on which bytes each block owns.
 
@@ -316,10 +323,7 @@ class Guard:
                 fixed = entry.fixed_ref() if entry.fixed_ref is not None else None
                 if fixed is None:
                     fixed = self._attach_fixed_input(entry, kv)
-                if len(args) > kv_pos:
-                    args = (*args[:kv_pos], fixed, *args[kv_pos + 1 :])
-                else:
-                    kwargs["kv_cache"] = fixed
+                args, kwargs = _with_kv_cache(args, kwargs, kv_pos, fixed)
                 return fn(impl, *args, **kwargs)
             return self._intercepted(fn, impl, kv, entry, args, kwargs)
 
@@ -366,10 +370,7 @@ class Guard:
             self._log_once(verdict, verdict["violation"], fixing=True)
             self._settle(key, impl, kv, entry)
             fixed = self._attach_fixed_input(entry, kv)
-            if len(args) > kv_pos:
-                args = (*args[:kv_pos], fixed, *args[kv_pos + 1 :])
-            else:
-                kwargs["kv_cache"] = fixed
+            args, kwargs = _with_kv_cache(args, kwargs, kv_pos, fixed)
             return fn(impl, *args, **kwargs)
         if verdict is None:
             n = self._untouched.get(key, 0) + 1
