@@ -35,7 +35,7 @@ from kvguard.lint.names import KvNames
 from kvguard.suppression import ignores_file, is_suppressed, line_suppressions
 
 if TYPE_CHECKING:
-    from libcst import CSTNode
+    from libcst import CSTNode, Module
     from libcst.metadata import CodeRange
 
     from kvguard.lint.checker import FileModel
@@ -89,7 +89,6 @@ def lint_source(
     With ``facts`` (from ``scan_source``) libcst parses only the units the ast pass kept;
     without, the whole module (what a fix needs). Both find the same.
     """
-    import libcst as cst
     from libcst.metadata import MetadataWrapper, PositionProvider
 
     from kvguard.lint.checker import collect, collect_units
@@ -105,21 +104,27 @@ def lint_source(
             raise SourceError(f"line {exc.line}: libcst cannot parse this file: {exc}") from None
         reports = run_rules(model, index)
         return _findings(reports, model, index, snippets.position, text, config, severities)
-    try:
-        module = cst.parse_module(text)
-    except cst.ParserSyntaxError as exc:
-        raise SourceError(
-            f"line {exc.raw_line}: libcst cannot parse this file: {exc.message}"
-        ) from None
-    except RecursionError:
-        raise SourceError("cannot parse: nesting too deep for libcst") from None
-    wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
+    wrapper = MetadataWrapper(parse_whole_module(text), unsafe_skip_copy=True)
     model = collect(wrapper.module, display, names, index)
     reports = run_rules(model, index)
     if not reports:
         return []
     positions = wrapper.resolve(PositionProvider)
     return _findings(reports, model, index, positions.__getitem__, text, config, severities)
+
+
+def parse_whole_module(text: str) -> Module:
+    """libcst's tree of a whole file, or SourceError with the line that stops it."""
+    import libcst as cst
+
+    try:
+        return cst.parse_module(text)
+    except cst.ParserSyntaxError as exc:
+        raise SourceError(
+            f"line {exc.raw_line}: libcst cannot parse this file: {exc.message}"
+        ) from None
+    except RecursionError:
+        raise SourceError("cannot parse: nesting too deep for libcst") from None
 
 
 def _findings(

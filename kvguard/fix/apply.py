@@ -17,7 +17,8 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from kvguard.config import Config
-from kvguard.engine import Result, kv_names, lint_source
+from kvguard.engine import Result, kv_names, lint_source, parse_whole_module
+from kvguard.files import SourceError
 from kvguard.findings import SAFE, UNSAFE, FileError, Finding
 from kvguard.fix.codemod import Fixer, Rewrite, imports_torch, module_binds
 from kvguard.fix.writer import FixError, SourceText, read_for_fix, write_atomic
@@ -78,11 +79,9 @@ class _Parsed:
 
 def _parse_and_plan(text: str, display: str, config: Config, index: ProjectIndex) -> _Parsed:
     try:
-        module = cst.parse_module(text)
-    except cst.ParserSyntaxError as exc:
-        raise FixError(
-            f"line {exc.raw_line}: libcst cannot parse this file: {exc.message}"
-        ) from None
+        module = parse_whole_module(text)
+    except SourceError as exc:
+        raise FixError(str(exc)) from None
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
     positions = wrapper.resolve(PositionProvider)
     model = collect(module, display, kv_names(config), index)
