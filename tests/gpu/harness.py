@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tests.runtime.harness import split_like_vllm_0_23
+
 from .vllm_kernels import Kernels, load
 
 PAD_SLOT = -1  # vLLM's PAD_SLOT_ID: the cache writer skips such tokens
@@ -187,12 +189,7 @@ def impl_classes(kernels: Kernels | None = None) -> dict[str, type]:
         """vLLM 0.23.0's fixed split: cross-attention keeps the K/V-first bytes (#43945)."""
 
         def _split_kv_cache(self, kv_cache):
-            if self.attn_type != "encoder_decoder":
-                return kv_cache.unbind(1)
-            n, _, bs, h, d = kv_cache.shape
-            page = bs * h * d
-            kv_first = kv_cache.as_strided((2, n, bs, h, d), (n * page, page, h * d, d, 1))
-            return kv_first.unbind(0)
+            return split_like_vllm_0_23(self.attn_type, kv_cache)
 
     class PackedTritonImpl(TritonImpl):
         """vLLM 0.33's own Triton split: (N, h, bs, 2*d) -> transpose -> K and V halves."""

@@ -59,6 +59,17 @@ def _(query, key_cache, value_cache, block_table, seq_lens, hnd):
     return torch.empty_like(query)
 
 
+def split_like_vllm_0_23(attn_type: str, kv_cache: torch.Tensor):
+    """vLLM 0.23.0's fixed AITER split (#43945): blocks-first `unbind(1)`, except that
+    cross-attention reads the K/V-first bytes the decoder's backend wrote."""
+    if attn_type != "encoder_decoder":
+        return kv_cache.unbind(1)
+    n, _, bs, h, d = kv_cache.shape
+    page = bs * h * d
+    kv_first = kv_cache.as_strided((2, n, bs, h, d), (n * page, page, h * d, d, 1))
+    return kv_first.unbind(0)
+
+
 class Layer(torch.nn.Module):
     def __init__(self, name: str, target: str | None = None) -> None:
         super().__init__()
@@ -103,12 +114,7 @@ def impl_classes() -> dict[str, type]:
         """Modeled on vLLM 0.23.0's fixed AITER split: cross-attention keeps K/V-first bytes."""
 
         def _split_kv_cache(self, kv_cache):
-            if self.attn_type != "encoder_decoder":
-                return kv_cache.unbind(1)
-            n, _, bs, h, d = kv_cache.shape
-            page = bs * h * d
-            kv_first = kv_cache.as_strided((2, n, bs, h, d), (n * page, page, h * d, d, 1))
-            return kv_first.unbind(0)
+            return split_like_vllm_0_23(self.attn_type, kv_cache)
 
     class PackedImpl(PagedImpl):  # (N, bs, h, 2*d): K then V in the last dim
         def _split_kv_cache(self, kv_cache):
