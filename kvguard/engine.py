@@ -215,7 +215,7 @@ def _scan_task(
         return real, 0, 0, "", None, FileError(display, str(exc)), None
     except OSError as exc:
         return real, 0, 0, "", None, FileError(display, f"cannot read: {exc.strerror or exc}"), None
-    digest = content_hash(data)
+    digest = content_hash(data) if _WORKER["hash"] else ""  # only the cache needs it
     try:
         facts = scan_source(text, display, names)
     except SourceError as exc:
@@ -266,12 +266,18 @@ def _lint_task(
 
 
 class _Workers:
-    """Runs tasks here, or in worker processes (started once, for both stages) when there
-    are enough of them to pay for the processes."""
+    """Runs tasks here, or in worker processes when there are enough of them to pay for the
+    processes.
+
+    Where processes fork, each stage forks a fresh pool: the scan's before libcst is
+    imported, so that the workers start at once while this process imports it; the lint's
+    after the index is built, so that the workers inherit libcst and the index.
+    """
 
     def __init__(self, jobs: int, state: dict[str, object]) -> None:
         self.jobs = jobs
         self.state = state
+        self.forks = os.name == "posix"
         self.pool: ProcessPoolExecutor | None = None
         _WORKER.clear()
         _WORKER.update(state)
@@ -282,29 +288,29 @@ class _Workers:
     def map(self, task: Callable, items: list, chunksize: int = 0) -> Iterable:
         if not self.parallel(len(items)):
             return map(task, items)
-        if self.pool is None:
-            import multiprocessing
+        import multiprocessing
 
-            fork = os.name == "posix"
-            if fork:  # import the libcst stage once here, not once per worker
-                import kvguard.lint.checker
-                import kvguard.lint.fixability
-                import kvguard.lint.rules  # noqa: F401
-
-            context = multiprocessing.get_context("fork" if fork else "spawn")
-            # forked workers inherit the state; spawned ones get it pickled
-            self.pool = ProcessPoolExecutor(
-                max_workers=self.jobs,
-                mp_context=context,
-                initializer=None if fork else _init_worker,
-                initargs=() if fork else (pickle.dumps(self.state),),
-            )
-        chunk = chunksize or max(1, len(items) // (self.jobs * 4))
+        self.close()
+        # forked workers inherit the state; spawned ones get it pickled
+        self.pool = ProcessPoolExecutor(
+            max_workers=self.jobs,
+            mp_context=multiprocessing.get_context("fork" if self.forks else "spawn"),
+            initializer=None if self.forks else _init_worker,
+            initargs=() if self.forks else (pickle.dumps(self.state),),
+        )
+        chunk = chunksize or max(1, len(items) // (self.jobs * 16))
         return self.pool.map(task, items, chunksize=chunk)
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+            self.pool = None
+
+
+def _import_lint_stage() -> None:
+    import kvguard.lint.checker
+    import kvguard.lint.fixability
+    import kvguard.lint.rules  # noqa: F401
 
 
 def build_index(facts: dict[str, FileFacts | None], config: Config) -> ProjectIndex:
@@ -362,9 +368,15 @@ def check(
     done = len(sources) - len(todo)
     if progress:
         progress(done, len(sources))
-    workers = _Workers(jobs, {"names": names, "config": config, "severities": severities})
+    workers = _Workers(
+        jobs,
+        {"names": names, "config": config, "severities": severities, "hash": use_cache},
+    )
     try:
-        for real, mtime, size, digest, facts, error, text in workers.map(_scan_task, todo):
+        scanned = workers.map(_scan_task, todo)
+        if workers.pool is not None and workers.forks:
+            _import_lint_stage()  # while the workers scan; the lint workers inherit it
+        for real, mtime, size, digest, facts, error, text in scanned:
             previous = old.get(real)
             if previous is not None and previous.content_hash == digest and digest:
                 previous.mtime_ns, previous.size = mtime, size
@@ -393,11 +405,12 @@ def check(
                 entry.findings, entry.index_key = (), key
             elif entry.findings is None or entry.index_key != key:
                 lint_todo.append((source.display, source.real, texts.get(source.real), entry.facts))
-        if workers.parallel(len(lint_todo)):
-            shipped: bytes | None = pickle.dumps(index)
-        else:
-            shipped = None
-            _WORKER.update(index=index, index_key=key)
+        _WORKER.update(index=index, index_key=key)
+        # spawned workers need the index pickled (once per worker); forked ones inherit it
+        spawns = workers.parallel(len(lint_todo)) and not workers.forks
+        shipped = pickle.dumps(index) if spawns else None
+        # the largest first, so that the workers finish together
+        lint_todo.sort(key=lambda item: -_unit_lines(item[3]))
         tasks = [(*item, key, shipped) for item in lint_todo]
         for real, findings, error in workers.map(_lint_task, tasks, chunksize=1):
             entry = entries[real]
@@ -422,6 +435,10 @@ def check(
     result.findings.sort()
     result.errors.sort()
     return result
+
+
+def _unit_lines(facts: FileFacts) -> int:
+    return sum(end - start + 1 for unit in facts.units for start, end in unit.spans)
 
 
 def _relocate(finding: Finding, display: str) -> Finding:

@@ -12,10 +12,17 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from kvguard.lint.facts import FileFacts
+from kvguard.lint.forms import (
+    METADATA_ATTRS,
+    MLA_WORDS,
+    PREDICATE_PREFIXES,
+    STATE_CLASS_WORDS,
+    STATE_WORDS,
+    path_context,
+)
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
 from kvguard.lint.receivers import (
-    STATE_WORDS,
     Context,
     Kind,
     Receiver,
@@ -26,28 +33,6 @@ from kvguard.lint.receivers import (
 )
 from kvguard.lint.snippets import Snippets
 from kvguard.lint.walk import walk
-
-_STATE_CLASS_WORDS = ("Mamba", "ShortConv", "LinearAttention", "GatedDeltaNet", "GDN", "SSM")
-_MLA_WORDS = ("MLA", "Mla")
-# Reading these from a piece of the cache inspects it; it does not use K or V.
-_METADATA = frozenset(
-    {
-        "shape",
-        "dtype",
-        "device",
-        "nbytes",
-        "numel",
-        "is_contiguous",
-        "stride",
-        "size",
-        "element_size",
-        "data_ptr",
-        "storage_offset",
-        "untyped_storage",
-        "ndim",
-        "dim",
-    }
-)
 
 
 @dataclass
@@ -128,7 +113,7 @@ class _FunctionScan:
             self.keywords[id(node.value)] = node.keyword.value
 
     def visit_Attribute(self, node: cst.Attribute) -> None:
-        if node.attr.value in _METADATA:
+        if node.attr.value in METADATA_ATTRS:
             self.inspected.add(id(node.value))
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -142,7 +127,7 @@ class _FunctionScan:
             if isinstance(node.func, cst.Attribute)
             else (node.func.value if isinstance(node.func, cst.Name) else "")
         )
-        if callee.startswith(("is_", "assert", "check")):
+        if callee.startswith(PREDICATE_PREFIXES):
             # predicates inspect a piece of the cache; they do not read K or V
             self.inspected.update(id(arg.value) for arg in node.args)
 
@@ -210,9 +195,7 @@ class Collector:
         self.names = names
         self.index = index
         self.path = path
-        parts = path.replace("\\", "/").split("/")
-        self.in_state_tree = "mamba" in parts
-        self.in_mla_file = any("mla" in part.lower() for part in parts)
+        self.in_state_tree, self.in_mla_file = path_context(path)
 
     def class_context(self, class_name: str | None) -> tuple[bool, bool, Kind | None]:
         """(state context, MLA context, what self.kv_cache holds) for code in this class."""
@@ -224,8 +207,8 @@ class Collector:
             if facts
             else [class_name]
         )
-        state = self.in_state_tree or any(w in n for n in lineage for w in _STATE_CLASS_WORDS)
-        mla = self.in_mla_file or any(w in n for n in lineage for w in _MLA_WORDS)
+        state = self.in_state_tree or any(w in n for n in lineage for w in STATE_CLASS_WORDS)
+        mla = self.in_mla_file or any(w in n for n in lineage for w in MLA_WORDS)
         if facts is not None:
             layout = self.index.impl_layout(facts.name, self.path)
             if (

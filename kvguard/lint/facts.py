@@ -6,29 +6,25 @@ the file that can hold a split finding: each function outside function bodies (t
 partition ``checker._Walker`` makes on the libcst side) and the module's top-level rest,
 by line span, so that libcst parses only those (``snippets.py``).
 
-Why (b) cannot drop a finding: every split that KVG001/KVG002/KVG004 report is a
-subscript, a call of a ``SPLIT_METHODS`` method (or ``torch.<method>``), or a tuple
-unpacking, whose receiver ``receivers.classify`` accepts. ``classify`` only ever walks a
-chain of subscripts and ``VIEW_METHODS``/``DERIVING_METHODS`` calls down to a root that is
-a KV-named name or attribute, or a local alias; an alias is bound by an assignment or a
-``for`` loop whose value (or iterable, through ``.items()``/``.values()``) has such a
-root. ``has_candidate`` strips the same chains (``_root``), taints every name bound from a
-tainted root, flow-insensitively and transitively, and accepts any split-shaped node with
-a tainted root, so the libcst rules only ever see a subset of what this pass accepted.
-A unit's text must also spell a KV word (``names.mentioned_in``): a tainted root starts
-from one inside the unit, since aliases are local to it.
-``tests/lint/test_vllm_real.py::test_prefilter_never_drops_a_finding`` checks the claim
-against full analysis of every file in real vLLM trees.
+Why (b) cannot drop a finding: a unit is kept when ``prescreen.Prescreen`` says libcst may
+collect a split site in it; its tests are necessary conditions of the libcst rules (see
+that module). Before that, a unit's text must spell a word that names a cache or a list
+of caches (``KvNames.receiver_words``): every receiver that ``receivers.classify`` accepts
+starts from such a name or attribute, or from a local alias that is bound from one inside
+the same unit. ``tests/lint/test_prescreen.py`` and
+``tests/lint/test_vllm_real.py::test_prefilter_never_drops_a_finding`` check the claim
+against full analysis, the latter of every file in real vLLM trees.
 """
 
 from __future__ import annotations
 
 import ast
 import posixpath
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kvguard.lint.forms import DERIVING_METHODS, SPLIT_METHODS, VIEW_METHODS
+from kvguard.lint.forms import path_context
 from kvguard.lint.layouts import (
     LayoutDecl,
     kv_packings_of,
@@ -37,9 +33,15 @@ from kvguard.lint.layouts import (
     stride_orders_of,
 )
 from kvguard.lint.names import KvNames
-from kvguard.lint.spans import LAYOUT_METHODS, ClassSpan, Unit, source_lines
-
-CHAIN_METHODS = VIEW_METHODS | DERIVING_METHODS
+from kvguard.lint.prescreen import Prescreen, unit_context, walk
+from kvguard.lint.spans import (
+    LAYOUT_METHODS,
+    ClassSpan,
+    Lines,
+    Unit,
+    line_offsets,
+    source_lines,
+)
 
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -126,7 +128,7 @@ def _assigns_state_tuple(cls: ast.ClassDef, lines: list[str]) -> bool:
 
 
 def _assigns_state_tuple_in(tree: ast.AST) -> bool:
-    for node in _walk(tree):
+    for node in walk(tree):
         if not isinstance(node, ast.Assign):
             continue
         for target in node.targets:
@@ -237,149 +239,6 @@ def plain_splitter(func: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
     return ast.unparse(_Rename().visit(value))
 
 
-def _targets(node: ast.AST) -> list[ast.expr]:
-    if isinstance(node, ast.Assign):
-        return node.targets
-    if isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)):
-        return [node.target]
-    if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
-        return [node.target]
-    if isinstance(node, ast.withitem) and node.optional_vars is not None:
-        return [node.optional_vars]
-    return []
-
-
-def _source_of(node: ast.AST) -> ast.AST | None:
-    if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr)):
-        return node.value
-    if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
-        return node.iter
-    if isinstance(node, ast.withitem):
-        return node.context_expr
-    return None
-
-
-def _root(node: ast.AST) -> ast.AST:
-    """Strip the view/derive/subscript chain that the libcst rules follow to a receiver."""
-    while True:
-        if isinstance(node, ast.Subscript):
-            node = node.value
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr in CHAIN_METHODS
-        ):
-            node = node.func.value
-        else:
-            return node
-
-
-class _Scanner:
-    def __init__(self, names: KvNames) -> None:
-        self.names = names
-        self._kv_words: dict[str, bool] = {}
-
-    def kv_word(self, word: str) -> bool:
-        known = self._kv_words.get(word)
-        if known is None:
-            known = self._kv_words[word] = self.names.is_cache(word) or self.names.is_cache_list(
-                word
-            )
-        return known
-
-    def rooted(self, node: ast.AST, tainted: set[str]) -> bool:
-        root = _root(node)
-        if isinstance(root, ast.Name):
-            return root.id in tainted or self.kv_word(root.id)
-        if isinstance(root, ast.Attribute):
-            return self.kv_word(root.attr)
-        return False
-
-    def has_candidate(self, unit: ast.AST) -> bool:
-        flows: list[tuple[ast.AST, list[ast.expr]]] = []
-        receivers: list[ast.AST] = []  # what each split-shaped node would split
-        for node in _walk(unit):
-            kind = type(node)
-            if kind is ast.Subscript:
-                receivers.append(node.value)  # type: ignore[attr-defined]
-            elif kind is ast.Call:
-                func = node.func  # type: ignore[attr-defined]
-                if type(func) is ast.Attribute and func.attr in SPLIT_METHODS:
-                    owner = func.value
-                    if type(owner) is ast.Name and owner.id == "torch":
-                        if node.args:  # type: ignore[attr-defined]
-                            receivers.append(node.args[0])  # type: ignore[attr-defined]
-                    else:
-                        receivers.append(owner)
-            elif kind in _FLOWS:
-                if kind is ast.Assign and type(node.targets[0]) in (ast.Tuple, ast.List):  # type: ignore[attr-defined]
-                    receivers.append(node.value)  # type: ignore[attr-defined]
-                source = _source_of(node)
-                if source is not None:
-                    flows.append((source, _targets(node)))
-        if not receivers:
-            return False
-        tainted: set[str] = set()  # local names bound from a KV-rooted value
-        changed = True
-        while changed:
-            changed = False
-            for src, targets in flows:
-                iterable = src
-                if (
-                    isinstance(iterable, ast.Call)
-                    and isinstance(iterable.func, ast.Attribute)
-                    and iterable.func.attr in ("items", "values")
-                ):
-                    iterable = iterable.func.value
-                if not self.rooted(iterable, tainted):
-                    continue
-                for target in targets:
-                    for sub in ast.walk(target):
-                        if isinstance(sub, ast.Name) and sub.id not in tainted:
-                            tainted.add(sub.id)
-                            changed = True
-        return any(self.rooted(receiver, tainted) for receiver in receivers)
-
-
-_FLOWS = frozenset(
-    {
-        ast.Assign,
-        ast.AnnAssign,
-        ast.AugAssign,
-        ast.NamedExpr,
-        ast.For,
-        ast.AsyncFor,
-        ast.comprehension,
-        ast.withitem,
-    }
-)
-
-
-_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
-# Fields that hold only leaf markers (Load/Store, operators): never a name or a call.
-_LEAF_FIELDS = frozenset({"ctx", "op", "ops"})
-
-
-def _walk(node: ast.AST) -> Iterator[ast.AST]:
-    """Every node below ``node`` except context and operator markers (like ``ast.walk``,
-    in another order, about three times as fast)."""
-    stack = [node]
-    fields_of = _CHILD_FIELDS
-    while stack:
-        current = stack.pop()
-        yield current
-        kind = type(current)
-        fields = fields_of.get(kind)
-        if fields is None:
-            fields = fields_of[kind] = tuple(f for f in kind._fields if f not in _LEAF_FIELDS)
-        for name in fields:
-            value = getattr(current, name, None)
-            if isinstance(value, ast.AST):
-                stack.append(value)
-            elif type(value) is list:
-                stack.extend(v for v in value if isinstance(v, ast.AST))
-
-
 def _classes(body: list[ast.stmt]) -> list[ast.ClassDef]:
     """Classes at module level and nested in classes (not inside functions)."""
     out = []
@@ -466,10 +325,6 @@ def _class_span(cls: ast.ClassDef, lines: list[str]) -> ClassSpan:
     )
 
 
-def _segment_text(lines: list[str], spans: tuple[tuple[int, int], ...]) -> str:
-    return "\n".join("\n".join(lines[start - 1 : end]) for start, end in spans)
-
-
 def _merged(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     """Line ranges in order, overlapping or touching ones merged (``a = 1; b = 2``)."""
     out: list[tuple[int, int]] = []
@@ -487,12 +342,22 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
     functions: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ast.ClassDef | None]] = []
     all_classes: list[ast.ClassDef] = []
     _defs(tree.body, None, functions, all_classes)
-    scanner = _Scanner(names)
+    spells = _receiver_spelling(text, names)
+    prescreen = Prescreen(names, ascii_source=text.isascii())
+    path_state, path_mla = path_context(path)
+    # the class libcst's rules will find for a name: the first of it in this file
+    first_of: dict[str, ClassFacts] = {}
+    for facts in classes:
+        first_of.setdefault(facts.name, facts)
     units = []
     for func, owner in functions:
         spans = ((_first_line(func), func.end_lineno or func.lineno),)
-        # a unit whose text spells no KV word cannot hold a split (see names.py)
-        if names.mentioned_in(_segment_text(lines, spans)) and scanner.has_candidate(func):
+        if not spells(spans):
+            continue
+        context = unit_context(
+            path_state, path_mla, first_of.get(owner.name) if owner is not None else None
+        )
+        if prescreen.may_split(func, context):
             units.append(
                 Unit(
                     spans=spans,
@@ -504,8 +369,8 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
     rest = [s for s in tree.body if not isinstance(s, (*_FUNCS, ast.ClassDef))]
     if rest:
         spans = _merged([(s.lineno, s.end_lineno or s.lineno) for s in rest])
-        if names.mentioned_in(_segment_text(lines, spans)) and scanner.has_candidate(
-            ast.Module(body=rest, type_ignores=[])
+        if spells(spans) and prescreen.may_split(
+            ast.Module(body=rest, type_ignores=[]), unit_context(path_state, path_mla, None)
         ):
             units.append(Unit(spans=spans, class_name=None, function=None, nested=False))
     spans_by_name: dict[str, ClassSpan] = {}
@@ -518,6 +383,25 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
         class_spans=spans_by_name,
         imports=_imports(tree.body, path),
     )
+
+
+def _receiver_spelling(text: str, names: KvNames) -> Callable[[Lines], bool]:
+    """Whether lines of the text spell a cache or cache-list word (see the module doc)."""
+    words = names.receiver_words(text)
+    if words is None:
+        return lambda spans: True
+    if not words:
+        return lambda spans: False
+    offsets = line_offsets(text)
+
+    def spells(spans: Lines) -> bool:
+        for start, end in spans:
+            first = bisect_left(words, offsets[start - 1])
+            if first < len(words) and words[first] < offsets[end]:
+                return True
+        return False
+
+    return spells
 
 
 # Statements that hold no nested statements and are no ``from`` import.

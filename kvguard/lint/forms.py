@@ -1,4 +1,5 @@
-"""Vocabulary shared by the prefilter and the rules: which calls split, view or derive a cache."""
+"""Vocabulary shared by the ast prescreen and the libcst rules: which calls split, view or
+derive a cache, and which words say that code holds recurrent states or MLA latents."""
 
 from __future__ import annotations
 
@@ -37,3 +38,37 @@ RESHAPING_METHODS = frozenset(
 )
 # Calls that keep every dim of the receiver (so its K/V axis) but select or copy blocks.
 DERIVING_METHODS = frozenset({"index_select", "gather", "clone", "cpu", "cuda", "pin_memory"})
+
+# Target names that say a subscript picks a state, not K or V (Mamba/SSM/linear attention).
+STATE_WORDS = ("conv", "ssm", "state")
+# Class names (or base names) that say ``kv_cache`` holds recurrent states, not K and V.
+STATE_CLASS_WORDS = ("Mamba", "ShortConv", "LinearAttention", "GatedDeltaNet", "GDN", "SSM")
+# Class names (or base names) that say the cache holds MLA latents: no K/V to split.
+MLA_WORDS = ("MLA", "Mla")
+# Reading these from a piece of the cache inspects it; it does not use K or V.
+METADATA_ATTRS = frozenset(
+    {
+        "shape",
+        "dtype",
+        "device",
+        "nbytes",
+        "numel",
+        "is_contiguous",
+        "stride",
+        "size",
+        "element_size",
+        "data_ptr",
+        "storage_offset",
+        "untyped_storage",
+        "ndim",
+        "dim",
+    }
+)
+# Calls with these name prefixes inspect their arguments (predicates, assertions).
+PREDICATE_PREFIXES = ("is_", "assert", "check")
+
+
+def path_context(path: str) -> tuple[bool, bool]:
+    """(state code, MLA code) as told by the file's path alone."""
+    parts = path.replace("\\", "/").split("/")
+    return "mamba" in parts, any("mla" in part.lower() for part in parts)

@@ -10,6 +10,7 @@ no KVG001/KVG002/KVG004 finding.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -34,6 +35,30 @@ def glob_to_regex(pattern: str) -> str:
         else:
             out.append(re.escape(char))
     return "".join(out)
+
+
+# What follows a word that is called (``is_quantized_kv_cache(...)``), defined, bound or passed
+# by keyword (``kv_cache=...``): ``classify`` never reaches such a word, so it starts no receiver.
+_NOT_A_ROOT = re.compile(r"[ \t]*(?:\(|=(?!=))")
+
+
+def _cores(patterns: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Literal pieces one of which every identifier matching a pattern must contain.
+
+    None when some pattern has no literal piece (``*``): then nothing is prefiltered.
+    A piece that contains another is dropped: finding the shorter one finds it too.
+    """
+    cores = []
+    for pattern in patterns:
+        pieces = [p for p in re.split(r"[*?]", pattern) if p]
+        if not pieces:
+            return None
+        cores.append(max(pieces, key=len))
+    kept: list[str] = []
+    for core in sorted(set(cores), key=len):
+        if not any(shorter in core for shorter in kept):
+            kept.append(core)
+    return tuple(kept)
 
 
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -62,22 +87,12 @@ class KvNames:
 
     @cached_property
     def _cores(self) -> tuple[str, ...] | None:
-        """Literal pieces one of which every matching identifier must contain.
+        """Literal pieces one of which every word that a rule can start from contains."""
+        return _cores((*self.cache, *self.cache_list, *self.splitters, *LAYOUT_DECLARATIONS))
 
-        None when some pattern has no literal piece (``*``): then nothing is prefiltered.
-        A piece that contains another is dropped: finding the shorter one finds it too.
-        """
-        cores = []
-        for pattern in (*self.cache, *self.cache_list, *self.splitters):
-            pieces = [p for p in re.split(r"[*?]", pattern) if p]
-            if not pieces:
-                return None
-            cores.append(max(pieces, key=len))
-        kept: list[str] = []
-        for core in sorted({*cores, *LAYOUT_DECLARATIONS}, key=len):
-            if not any(shorter in core for shorter in kept):
-                kept.append(core)
-        return tuple(kept)
+    @cached_property
+    def _receiver_cores(self) -> tuple[str, ...] | None:
+        return _cores((*self.cache, *self.cache_list))
 
     @cached_property
     def _known_words(self) -> dict[str, bool]:
@@ -96,15 +111,11 @@ class KvNames:
     def is_splitter(self, name: str) -> bool:
         return self._splitter_re.fullmatch(name) is not None
 
-    def mentioned_in(self, text: str) -> bool:
-        """True when the text holds a word that some rule could start from.
+    def _words(self, text: str, cores: tuple[str, ...]) -> Iterator[tuple[int, str]]:
+        """(offset, word) of each word that holds one of the cores, per core in turn.
 
-        Cheap substring tests first (C speed); only around a hit is the whole word cut
-        out and matched against the patterns.
+        Cheap substring tests first (C speed); only around a hit is the whole word cut out.
         """
-        cores = self._cores
-        if cores is None:
-            return True
         for core in cores:
             start = text.find(core)
             while start != -1:
@@ -113,15 +124,41 @@ class KvNames:
                     left -= 1
                 match = self._word_re.match(text, left)
                 word = match.group(0) if match else core
-                known = self._known_words.get(word)
-                if known is None:
-                    known = self._known_words[word] = (
-                        self.is_cache(word)
-                        or self.is_cache_list(word)
-                        or self.is_splitter(word)
-                        or word in LAYOUT_DECLARATIONS
-                    )
-                if known:
-                    return True
+                yield left, word
                 start = text.find(core, left + len(word))
+
+    def mentioned_in(self, text: str) -> bool:
+        """True when the text holds a word that some rule could start from."""
+        cores = self._cores
+        if cores is None:
+            return True
+        known_words = self._known_words
+        for _, word in self._words(text, cores):
+            known = known_words.get(word)
+            if known is None:
+                known = known_words[word] = (
+                    self.is_cache(word)
+                    or self.is_cache_list(word)
+                    or self.is_splitter(word)
+                    or word in LAYOUT_DECLARATIONS
+                )
+            if known:
+                return True
         return False
+
+    def receiver_words(self, text: str) -> list[int] | None:
+        """Sorted offsets of the words that name a cache or a list of caches where they can
+        start a receiver (every receiver the rules accept starts from one); None when the
+        patterns have no literal piece."""
+        cores = self._receiver_cores
+        if cores is None:
+            return None
+        not_a_root = _NOT_A_ROOT.match
+        return sorted(
+            {
+                offset
+                for offset, word in self._words(text, cores)
+                if (self.is_cache(word) or self.is_cache_list(word))
+                and not not_a_root(text, offset + len(word))
+            }
+        )

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field, replace
 
 import libcst as cst
 
-from kvguard.lint.forms import DERIVING_METHODS, RESHAPING_METHODS, SPLIT_METHODS, VIEW_METHODS
+from kvguard.lint.forms import (
+    DERIVING_METHODS,
+    RESHAPING_METHODS,
+    SPLIT_METHODS,
+    VIEW_METHODS,
+)
 from kvguard.lint.names import KvNames
 from kvguard.lint.walk import walk
-
-# Target names that say a subscript picks a state, not K or V (Mamba/SSM/linear attention).
-STATE_WORDS = ("conv", "ssm", "state")
 
 
 class Kind(enum.Enum):
