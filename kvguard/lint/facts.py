@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 import posixpath
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from kvguard.lint.forms import path_context
@@ -33,7 +33,7 @@ from kvguard.lint.layouts import (
     stride_orders_of,
 )
 from kvguard.lint.names import KvNames
-from kvguard.lint.prescreen import Prescreen, unit_context, walk
+from kvguard.lint.prescreen import Prescreen, unit_context
 from kvguard.lint.spans import (
     LAYOUT_METHODS,
     ClassSpan,
@@ -127,8 +127,22 @@ def _assigns_state_tuple(cls: ast.ClassDef, lines: list[str]) -> bool:
     return False
 
 
-def _assigns_state_tuple_in(tree: ast.AST) -> bool:
-    for node in walk(tree):
+def _statements(stmt: ast.stmt) -> Iterator[ast.stmt]:
+    """The statement and every statement nested in it (an assignment is one; no need to
+    walk expressions)."""
+    stack = [stmt]
+    while stack:
+        current = stack.pop()
+        yield current
+        if isinstance(current, (*_FUNCS, ast.ClassDef)):
+            stack.extend(current.body)
+        else:
+            for block in _blocks(current):
+                stack.extend(block)
+
+
+def _assigns_state_tuple_in(stmt: ast.stmt) -> bool:
+    for node in _statements(stmt):
         if not isinstance(node, ast.Assign):
             continue
         for target in node.targets:

@@ -9,10 +9,13 @@ no KVG001/KVG002/KVG004 finding.
 
 from __future__ import annotations
 
+import keyword
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+
+from kvguard.lint.forms import SPLIT_METHODS
 
 # Method names whose presence means a file declares a backend's cache layout or
 # links a backend to its impl: such files feed the project index (KVG002/KVG003).
@@ -38,8 +41,58 @@ def glob_to_regex(pattern: str) -> str:
 
 
 # What follows a word that is called (``is_quantized_kv_cache(...)``), defined, bound or passed
-# by keyword (``kv_cache=...``): ``classify`` never reaches such a word, so it starts no receiver.
-_NOT_A_ROOT = re.compile(r"[ \t]*(?:\(|=(?!=))")
+# by keyword (``kv_cache=...``).
+_CALLED_OR_BOUND = re.compile(r"[ \t]*(?:\(|=(?!=))")
+# What follows an element of a parameter list, an argument list, a tuple, a subscript or a
+# display, or an annotated name.
+_ELEMENT_END = re.compile(r"[ \t\r\n]*[,)\]}:]")
+_WORD_BEFORE = re.compile(r"(\w+)[ \t\r\n]*\Z")
+
+
+def _may_start_receiver(text: str, start: int, end: int) -> bool:
+    """Whether the word at ``text[start:end]`` may be where ``receivers.classify`` starts.
+
+    It never starts at a word that is called or bound, nor at a parameter, an argument, a
+    keyword argument's value, or an element of a tuple, a list, a subscript or a dict key;
+    it starts at a subscripted name, the owner of a method call, an assigned value, a
+    loop's iterable, or the first argument (keyword or not) of ``torch.<split method>``.
+    A word whose context reads otherwise (a comment or a line continuation in the way)
+    counts.
+    """
+    if _CALLED_OR_BOUND.match(text, end):
+        return False
+    if not _ELEMENT_END.match(text, end):
+        return True
+    before, index = _previous_char(text, start)
+    if before == "=":
+        if index > 0 and text[index - 1] in ":=<>!":  # :=, ==, <=, >=, !=
+            return True
+        # a keyword argument's value: the receiver only as the first argument of a split
+        name = _WORD_BEFORE.search(text, max(0, index - 64), index)
+        if name is None:
+            return True
+        before, index = _previous_char(text, name.start())
+    if before == ",":
+        return False
+    return before != "(" or _splits_or_groups(text, index)
+
+
+def _splits_or_groups(text: str, paren: int) -> bool:
+    """Whether the parenthesis at ``paren`` opens a call of a split method (or no call at
+    all: a grouping parenthesis, or one after a keyword such as ``in``)."""
+    callee = _WORD_BEFORE.search(text, max(0, paren - 64), paren)
+    if callee is None:
+        return True
+    word = callee.group(1)
+    return keyword.iskeyword(word) or word in SPLIT_METHODS
+
+
+def _previous_char(text: str, offset: int) -> tuple[str, int]:
+    """The nearest character before ``offset`` that is no space or line end, and where."""
+    index = offset - 1
+    while index >= 0 and text[index] in " \t\r\n":
+        index -= 1
+    return (text[index] if index >= 0 else ""), index
 
 
 def _cores(patterns: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -153,12 +206,11 @@ class KvNames:
         cores = self._receiver_cores
         if cores is None:
             return None
-        not_a_root = _NOT_A_ROOT.match
         return sorted(
             {
                 offset
                 for offset, word in self._words(text, cores)
                 if (self.is_cache(word) or self.is_cache_list(word))
-                and not not_a_root(text, offset + len(word))
+                and _may_start_receiver(text, offset, offset + len(word))
             }
         )

@@ -122,3 +122,45 @@ def test_non_ascii_names_turn_name_based_dropping_off() -> None:
 def test_a_split_in_the_module_rest_is_kept() -> None:
     text = "import torch\nkv = layer.kv_cache\nk = kv[0]\n"
     assert _kept(text) == {None}
+
+
+@pytest.mark.parametrize(
+    ("text", "starts"),
+    [
+        ("k = kv_cache[0]", True),
+        ("k, v = kv_cache.unbind(0)", True),
+        ("cache = kv_cache", True),
+        ("cache = (kv_cache)", True),
+        ("for c in kv_caches:", True),
+        ("for c in(kv_caches):", True),
+        ("k, v = torch.unbind(kv_cache)", True),
+        ("k, v = torch.chunk(\n    kv_cache, 2)", True),
+        ("return(kv_cache)", True),
+        ("x = f(a,  # why\n    kv_cache)", True),
+        ("def forward(self, kv_cache: torch.Tensor):", False),
+        ("def forward(\n    self,\n    kv_cache,\n):", False),
+        ("out = attn(q, kv_cache)", False),
+        ("out = attn(kv_cache, q)", False),
+        ("out = attn(q, kv_cache=kv_cache)", False),
+        ("def f(cache=kv_cache):", False),
+        ("if (cache := kv_cache):", True),
+        ("same = a == kv_cache", True),
+        ("kv_cache = allocate()", False),
+        ("if is_quantized_kv_cache(dtype):", False),
+        ("pair = (a, kv_cache)", False),
+        ("x = table[a, kv_cache]", False),
+    ],
+)
+def test_where_a_receiver_may_start(text: str, starts: bool) -> None:
+    """The text gate of a unit: the last cache word of each line decides."""
+    last = max(text.rfind("kv_cache"), text.rfind("kv_caches"))
+    assert NAMES.receiver_words(text)[-1:] == ([last] if starts else [])
+
+
+def test_a_cache_only_passed_along_is_dropped() -> None:
+    text = (
+        "class Attention(nn.Module):\n"
+        "    def forward(self, q, kv_cache: torch.Tensor, meta):\n"
+        "        return self.impl.forward(self, q, kv_cache, meta)\n"
+    )
+    assert not _kept(text)
