@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
-from kvguard.lint.forms import SPLIT_METHODS
+from kvguard.lint.forms import DERIVING_METHODS, SPLIT_METHODS, VIEW_METHODS
 
 # Method names whose presence means a file declares a backend's cache layout or
 # links a backend to its impl: such files feed the project index (KVG002/KVG003).
@@ -46,6 +46,9 @@ _CALLED_OR_BOUND = re.compile(r"[ \t]*(?:\(|=(?!=))")
 # What follows an element of a parameter list, an argument list, a tuple, a subscript or a
 # display, or an annotated name.
 _ELEMENT_END = re.compile(r"[ \t\r\n]*[,)\]}:]")
+_ATTRIBUTE = re.compile(r"[ \t]*\.[ \t]*(\w+)")
+# Attributes through which classify (or a loop over .items()) goes on from a cache.
+_RECEIVER_ATTRIBUTES = SPLIT_METHODS | VIEW_METHODS | DERIVING_METHODS | {"items", "values"}
 _WORD_BEFORE = re.compile(r"(\w+)[ \t\r\n]*\Z")
 
 
@@ -54,13 +57,17 @@ def _may_start_receiver(text: str, start: int, end: int) -> bool:
 
     It never starts at a word that is called or bound, nor at a parameter, an argument, a
     keyword argument's value, or an element of a tuple, a list, a subscript or a dict key;
-    it starts at a subscripted name, the owner of a method call, an assigned value, a
-    loop's iterable, or the first argument (keyword or not) of ``torch.<split method>``.
+    it starts at a subscripted name, the owner of a split, view or derive call (not of
+    ``.shape`` and the like), an assigned value, a loop's iterable, or the first argument
+    (keyword or not) of ``torch.<split method>``.
     A word whose context reads otherwise (a comment or a line continuation in the way)
     counts.
     """
     if _CALLED_OR_BOUND.match(text, end):
         return False
+    attribute = _ATTRIBUTE.match(text, end)
+    if attribute is not None:  # kv_cache.shape reads metadata; kv_cache.view(...) may split
+        return attribute.group(1) in _RECEIVER_ATTRIBUTES
     if not _ELEMENT_END.match(text, end):
         return True
     before, index = _previous_char(text, start)

@@ -129,6 +129,10 @@ def test_a_split_in_the_module_rest_is_kept() -> None:
     [
         ("k = kv_cache[0]", True),
         ("k, v = kv_cache.unbind(0)", True),
+        ("k = kv_cache.view(2, -1)[0]", True),
+        ("for name, c in kv_caches.items():", True),
+        ("blocks = kv_cache.shape[0]", False),
+        ("ptr = kv_cache.data_ptr()", False),
         ("cache = kv_cache", True),
         ("cache = (kv_cache)", True),
         ("for c in kv_caches:", True),
