@@ -89,9 +89,10 @@ def lint_source(
     With ``facts`` (from ``scan_source``) libcst parses only the units the ast pass kept;
     without, the whole module (what a fix needs). Both find the same.
     """
-    from libcst.metadata import MetadataWrapper, PositionProvider
+    from libcst.metadata import PositionProvider
 
     from kvguard.lint.checker import collect, collect_units
+    from kvguard.lint.positions import PositionWrapper
     from kvguard.lint.rules import run_rules
     from kvguard.lint.snippets import SnippetError, Snippets
 
@@ -104,7 +105,7 @@ def lint_source(
             raise SourceError(f"line {exc.line}: libcst cannot parse this file: {exc}") from None
         reports = run_rules(model, index)
         return _findings(reports, model, index, snippets.position, text, config, severities)
-    wrapper = MetadataWrapper(parse_whole_module(text), unsafe_skip_copy=True)
+    wrapper = PositionWrapper(parse_whole_module(text), unsafe_skip_copy=True)
     model = collect(wrapper.module, display, names, index)
     reports = run_rules(model, index)
     if not reports:

@@ -14,7 +14,7 @@ import difflib
 from dataclasses import dataclass, field, replace
 
 import libcst as cst
-from libcst.metadata import MetadataWrapper, PositionProvider
+from libcst.metadata import PositionProvider
 
 from kvguard.config import Config
 from kvguard.engine import Result, kv_names, lint_source, parse_whole_module
@@ -25,6 +25,7 @@ from kvguard.fix.writer import FixError, SourceText, read_for_fix, write_atomic
 from kvguard.lint.checker import collect
 from kvguard.lint.fixability import RUNTIME_SPLITTER, ClassPlan, FilePlan, plan_file
 from kvguard.lint.index import ProjectIndex
+from kvguard.lint.positions import PositionWrapper
 from kvguard.lint.views import same_views
 from kvguard.suppression import is_suppressed, line_suppressions
 
@@ -82,7 +83,7 @@ def _parse_and_plan(text: str, display: str, config: Config, index: ProjectIndex
         module = parse_whole_module(text)
     except SourceError as exc:
         raise FixError(str(exc)) from None
-    wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
+    wrapper = PositionWrapper(module, unsafe_skip_copy=True)
     positions = wrapper.resolve(PositionProvider)
     model = collect(module, display, kv_names(config), index)
     suppressions = line_suppressions(text)

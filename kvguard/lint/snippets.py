@@ -13,8 +13,9 @@ import re
 from collections.abc import Iterable
 
 import libcst as cst
-from libcst.metadata import CodePosition, CodeRange, MetadataWrapper, PositionProvider
+from libcst.metadata import CodePosition, CodeRange, PositionProvider
 
+from kvguard.lint.positions import PositionWrapper
 from kvguard.lint.spans import ClassSpan, Lines, line_offsets
 
 _NEWLINE = re.compile(r"\r\n?|\n")
@@ -37,7 +38,7 @@ class Snippets:
         first = _NEWLINE.search(text)
         # what libcst would take as the whole module's newline (used when it prints code)
         self.newline = first.group(0) if first else "\n"
-        self._parsed: list[tuple[MetadataWrapper, list[int]]] = []
+        self._parsed: list[tuple[PositionWrapper, list[int]]] = []
         self._positions: list[dict[cst.CSTNode, CodeRange] | None] = []
         self._classes: dict[str, cst.ClassDef | None] = {}
         self._owner: dict[int, int] = {}  # id(node) -> the snippet it was parsed in
@@ -69,7 +70,7 @@ class Snippets:
             raise SnippetError(line_map[index], exc.message) from None
         except RecursionError:
             raise SnippetError(spans[0][0], "nesting too deep for libcst") from None
-        wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
+        wrapper = PositionWrapper(module, unsafe_skip_copy=True)
         self._parsed.append((wrapper, line_map))
         self._positions.append(None)
         if nested:
