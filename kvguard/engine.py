@@ -2,15 +2,15 @@
 
 1. Text prefilter: a file that spells no KV-cache name and no layout declaration
    cannot hold a finding (see ``lint/names.py``); it is decoded and skipped.
-2. stdlib ``ast`` scan: class facts for the project index, and whether the file can
-   hold a split (see ``lint/facts.py`` for why this is conservative).
+2. stdlib ``ast`` scan: class facts for the project index, and which units (functions)
+   can hold a split (``lint/prescreen.py``; ``lint/facts.py`` says why it is conservative).
 3. The project index is built from every file's facts.
 4. libcst (the engine of record: rules and positions) parses only the units that
    stage 2 kept (and the class headers the findings point at), in files that hold such
    units or declare a layout the index finds divergent; ``lint_source`` without facts
    lints a whole module instead (same findings). Each KVG001/KVG004 finding's fix (or why
    there is none, ``lint/fixability.py``) is planned on the same snippets, with no parse more.
-Stages 2 and 4 run in one pool of worker processes when there is enough work to pay for it.
+Stages 2 and 4 run in worker processes when there is enough work to pay for them.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from kvguard.lint.checker import FileModel
     from kvguard.lint.rules import Report
 
-CACHE_VERSION = f"{__version__}-4"
+CACHE_VERSION = f"{__version__}-5"
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 
 Progress = Callable[[int, int], None]
