@@ -13,11 +13,11 @@ import libcst as cst
 
 from kvguard.lint.facts import FileFacts
 from kvguard.lint.forms import (
+    ITERATING_METHODS,
     METADATA_ATTRS,
-    MLA_WORDS,
     PREDICATE_PREFIXES,
-    STATE_CLASS_WORDS,
     STATE_WORDS,
+    lineage_context,
     path_context,
 )
 from kvguard.lint.index import ProjectIndex
@@ -93,7 +93,7 @@ class _FunctionScan:
         if (
             isinstance(iterable, cst.Call)
             and isinstance(iterable.func, cst.Attribute)
-            and iterable.func.attr.value in ("items", "values")
+            and iterable.func.attr.value in ITERATING_METHODS
         ):
             iterable = iterable.func.value
         target = node.target
@@ -207,8 +207,9 @@ class Collector:
             if facts
             else [class_name]
         )
-        state = self.in_state_tree or any(w in n for n in lineage for w in STATE_CLASS_WORDS)
-        mla = self.in_mla_file or any(w in n for n in lineage for w in MLA_WORDS)
+        lineage_state, lineage_mla = lineage_context(lineage)
+        state = self.in_state_tree or lineage_state
+        mla = self.in_mla_file or lineage_mla
         if facts is not None:
             layout = self.index.impl_layout(facts.name, self.path)
             if (

@@ -3,6 +3,8 @@ derive a cache, and which words say that code holds recurrent states or MLA late
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 # Calls that return pieces of their receiver along one dim.
 SPLIT_METHODS = frozenset(
     {"unbind", "chunk", "split", "tensor_split", "split_with_sizes", "select", "narrow"}
@@ -38,6 +40,10 @@ RESHAPING_METHODS = frozenset(
 )
 # Calls that keep every dim of the receiver (so its K/V axis) but select or copy blocks.
 DERIVING_METHODS = frozenset({"index_select", "gather", "clone", "cpu", "cuda", "pin_memory"})
+# Calls through which a receiver stays a cache (a view of it or blocks of it).
+CHAIN_METHODS = VIEW_METHODS | DERIVING_METHODS
+# ``for _, cache in kv_caches.items()``: a loop over these binds one cache per iteration.
+ITERATING_METHODS = frozenset({"items", "values"})
 
 # Target names that say a subscript picks a state, not K or V (Mamba/SSM/linear attention).
 STATE_WORDS = ("conv", "ssm", "state")
@@ -72,3 +78,12 @@ def path_context(path: str) -> tuple[bool, bool]:
     """(state code, MLA code) as told by the file's path alone."""
     parts = path.replace("\\", "/").split("/")
     return "mamba" in parts, any("mla" in part.lower() for part in parts)
+
+
+def lineage_context(class_names: Iterable[str]) -> tuple[bool, bool]:
+    """(state code, MLA code) as told by the names of a class and its bases."""
+    names = tuple(class_names)
+    return (
+        any(w in n for n in names for w in STATE_CLASS_WORDS),
+        any(w in n for n in names for w in MLA_WORDS),
+    )

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
-from kvguard.lint.forms import DERIVING_METHODS, SPLIT_METHODS, VIEW_METHODS
+from kvguard.lint.forms import CHAIN_METHODS, ITERATING_METHODS, SPLIT_METHODS
 
 # Method names whose presence means a file declares a backend's cache layout or
 # links a backend to its impl: such files feed the project index (KVG002/KVG003).
@@ -48,7 +48,7 @@ _CALLED_OR_BOUND = re.compile(r"[ \t]*(?:\(|=(?!=))")
 _ELEMENT_END = re.compile(r"[ \t\r\n]*[,)\]}:]")
 _ATTRIBUTE = re.compile(r"[ \t]*\.[ \t]*(\w+)")
 # Attributes through which classify (or a loop over .items()) goes on from a cache.
-_RECEIVER_ATTRIBUTES = SPLIT_METHODS | VIEW_METHODS | DERIVING_METHODS | {"items", "values"}
+_RECEIVER_ATTRIBUTES = SPLIT_METHODS | CHAIN_METHODS | ITERATING_METHODS
 _WORD_BEFORE = re.compile(r"(\w+)[ \t\r\n]*\Z")
 
 

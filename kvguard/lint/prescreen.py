@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvguard.lint.forms import (
-    DERIVING_METHODS,
+    CHAIN_METHODS,
+    ITERATING_METHODS,
     METADATA_ATTRS,
-    MLA_WORDS,
     PREDICATE_PREFIXES,
     SPLIT_METHODS,
-    STATE_CLASS_WORDS,
     STATE_WORDS,
-    VIEW_METHODS,
+    lineage_context,
 )
 from kvguard.lint.names import KvNames
 
@@ -45,7 +44,6 @@ if TYPE_CHECKING:
     from kvguard.lint.facts import ClassFacts
 
 CACHE, LIST, STATE = 1, 2, 4  # what an expression may denote (bit set)
-_CHAIN_METHODS = VIEW_METHODS | DERIVING_METHODS
 _KV_AXIS_INDICES = (0, 1, -1, -2)
 
 
@@ -87,10 +85,10 @@ def unit_context(path_state: bool, path_mla: bool, owner: ClassFacts | None) -> 
     """The context from the path and, when the class is known, its name and own bases."""
     if owner is None:
         return UnitContext(path_state, path_mla)
-    lineage = (owner.name, *owner.bases)
+    lineage_state, lineage_mla = lineage_context((owner.name, *owner.bases))
     return UnitContext(
-        state=path_state or any(w in n for n in lineage for w in STATE_CLASS_WORDS),
-        mla=path_mla or any(w in n for n in lineage for w in MLA_WORDS),
+        state=path_state or lineage_state,
+        mla=path_mla or lineage_mla,
         self_state=owner.state_kv_cache,
     )
 
@@ -281,7 +279,7 @@ class Prescreen:
         if (
             isinstance(iterable, ast.Call)
             and isinstance(iterable.func, ast.Attribute)
-            and iterable.func.attr in ("items", "values")
+            and iterable.func.attr in ITERATING_METHODS
         ):
             iterable = iterable.func.value
         target = loop.target
@@ -331,7 +329,7 @@ class Prescreen:
         if (
             isinstance(expr, ast.Call)
             and isinstance(expr.func, ast.Attribute)
-            and expr.func.attr in _CHAIN_METHODS
+            and expr.func.attr in CHAIN_METHODS
         ):
             return CACHE if self.kinds(expr.func.value, aliases, ctx) & CACHE else 0
         return 0

@@ -12,12 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import libcst as cst
 
-from kvguard.lint.forms import (
-    DERIVING_METHODS,
-    RESHAPING_METHODS,
-    SPLIT_METHODS,
-    VIEW_METHODS,
-)
+from kvguard.lint.forms import CHAIN_METHODS, RESHAPING_METHODS, SPLIT_METHODS
 from kvguard.lint.names import KvNames
 from kvguard.lint.walk import walk
 
@@ -133,7 +128,7 @@ def classify(expr: cst.BaseExpression, ctx: Context, selecting: bool = False) ->
         return None
     if isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute):
         method = expr.func.attr.value
-        if method in VIEW_METHODS or method in DERIVING_METHODS:
+        if method in CHAIN_METHODS:
             base = classify(expr.func.value, ctx)
             if base is None or base.kind is not Kind.CACHE:
                 return None
