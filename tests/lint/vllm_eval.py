@@ -72,6 +72,10 @@ if __name__ == "__main__":
             f"(tp {len(s.true_positives)}, fp {len(s.false_positives)}, "
             f"fn {len(s.false_negatives)}, unlabelled {len(s.unlabelled)})"
         )
-        for kind in ("false_positives", "false_negatives", "unlabelled"):
+        for kind, label in (
+            ("false_positives", "false positive"),
+            ("false_negatives", "false negative"),
+            ("unlabelled", "unlabelled"),
+        ):
             for item in getattr(s, kind):
-                print(f"  {kind[:-1]}: {item}")
+                print(f"  {label}: {item}")
