@@ -19,13 +19,14 @@ import ast
 import hashlib
 import os
 import pickle
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kvguard import __version__
-from kvguard.cache import Entry, cache_file, content_hash, load, save
+from kvguard.cache import Entry, Stamp, Store, cache_file, content_hash
 from kvguard.config import Config
 from kvguard.files import SourceError, discover, read_source
 from kvguard.findings import FileError, Finding, FixInfo
@@ -206,38 +207,24 @@ def _init_worker(state: bytes) -> None:
 
 def _scan_task(
     item: tuple[str, str],
-) -> tuple[str, int, int, str, FileFacts | None, FileError | None, str | None]:
+) -> tuple[str, Stamp, int, str, FileFacts | None, FileError | None, str | None]:
     display, real = item
     names: KvNames = _WORKER["names"]  # type: ignore[assignment]
+    seen = time.time_ns()  # before the stat: see cache.Stamp.proves
     try:
-        stat = os.stat(real)
+        stamp = Stamp.of(os.stat(real))
         data, text = read_source(real)
     except SourceError as exc:
-        return real, 0, 0, "", None, FileError(display, str(exc)), None
+        return real, Stamp.unread(), seen, "", None, FileError(display, str(exc)), None
     except OSError as exc:
-        return real, 0, 0, "", None, FileError(display, f"cannot read: {exc.strerror or exc}"), None
+        error = FileError(display, f"cannot read: {exc.strerror or exc}")
+        return real, Stamp.unread(), seen, "", None, error, None
     digest = content_hash(data) if _WORKER["hash"] else ""  # only the cache needs it
     try:
         facts = scan_source(text, display, names)
     except SourceError as exc:
-        return (
-            real,
-            stat.st_mtime_ns,
-            stat.st_size,
-            digest,
-            None,
-            FileError(display, str(exc)),
-            None,
-        )
-    return (
-        real,
-        stat.st_mtime_ns,
-        stat.st_size,
-        digest,
-        facts,
-        None,
-        text if facts.candidate else None,
-    )
+        return real, stamp, seen, digest, None, FileError(display, str(exc)), None
+    return real, stamp, seen, digest, facts, None, text if facts.candidate else None
 
 
 def _lint_task(
@@ -347,21 +334,13 @@ def check(
 
         severities = {code: rule.severity for code, rule in load_catalog().items()}
     cache_path = cache_file(CACHE_VERSION, config.digest(), paths) if use_cache else None
-    old = load(cache_path) if cache_path else {}
+    store = Store(cache_path, CACHE_VERSION)
     found: dict[str, Entry] = {}
     texts: dict[str, str] = {}
 
     todo = []
     for source in sources:
-        entry = old.get(source.real)
-        if entry is not None:
-            try:
-                stat = os.stat(source.real)
-            except OSError:
-                entry = None
-            else:
-                if (stat.st_mtime_ns, stat.st_size) != (entry.mtime_ns, entry.size):
-                    entry = None
+        entry = store.unchanged(source.real)
         if entry is None:
             todo.append((source.display, source.real))
         else:
@@ -377,13 +356,8 @@ def check(
         scanned = workers.map(_scan_task, todo)
         if workers.pool is not None and workers.forks:
             _import_lint_stage()  # while the workers scan; the lint workers inherit it
-        for real, mtime, size, digest, facts, error, text in scanned:
-            previous = old.get(real)
-            if previous is not None and previous.content_hash == digest and digest:
-                previous.mtime_ns, previous.size = mtime, size
-                found[real] = previous
-            else:
-                found[real] = Entry(mtime, size, digest, facts, error)
+        for real, stamp, seen, digest, facts, error, text in scanned:
+            found[real] = store.refreshed(real, stamp, seen, digest, facts, error)
             if text is not None:
                 texts[real] = text
             done += 1
@@ -431,8 +405,7 @@ def check(
             result.findings.extend(
                 f if f.path == display else _relocate(f, display) for f in entry.findings
             )
-    if cache_path is not None:
-        save(cache_path, entries)
+    store.save(entries)
     result.findings.sort()
     result.errors.sort()
     return result
