@@ -17,7 +17,7 @@ Records are lines of JSON, each behind a checksum of its bytes (``typed_json``: 
 it can run code, and every value is checked against the type it must have). A truncated,
 bit-flipped, re-typed or foreign record is dropped and its file analyzed again; damage
 never raises. Reads never block (only a regular file is read, opened ``O_NONBLOCK``),
-writes are atomic and leave no temporary file (``tempfiles``), and a cache that cannot be
+writes are atomic and leave no temporary file (``disk``), and a cache that cannot be
 written costs only speed. ``KVGUARD_CACHE_DIR`` moves it (empty means unset);
 ``--no-cache`` bypasses it.
 """
@@ -28,14 +28,13 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvguard.disk import TempFile, read_regular, sweep
 from kvguard.findings import FileError, Finding
 from kvguard.lint.facts import FileFacts
-from kvguard.tempfiles import TempFile, sweep
 from kvguard.typed_json import decoder, encoder
 
 FORMAT = b"kvguard-cache 1"  # the first line's first words: the layout of the records
@@ -120,28 +119,11 @@ def _checksum(payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=_CHECKSUM_HEX // 2).hexdigest().encode()
 
 
-def read_regular(path: str | Path, limit: int = MAX_BYTES) -> bytes | None:
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else None.
-
-    Opened ``O_NONBLOCK`` and checked with ``fstat`` before reading: a FIFO or a device
-    in its place is never waited on.
-    """
+def _read(path: str | Path) -> bytes | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_regular(path, MAX_BYTES)[1]
     except OSError:
         return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        chunks = []
-        while chunk := os.read(fd, max(info.st_size + 1, 1 << 16)):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -156,7 +138,7 @@ class Store:
             self._load(path)
 
     def _load(self, path: Path) -> None:
-        data = read_regular(path)
+        data = _read(path)
         if not data:
             return
         lines = data.split(b"\n")
@@ -187,7 +169,7 @@ class Store:
             return None
         if entry.stamp.proves(entry.seen_ns):
             return entry
-        data = read_regular(real)  # racy: the stamp cannot tell, the content can
+        data = _read(real)  # racy: the stamp cannot tell, the content can
         if data is None or content_hash(data) != entry.content_hash:
             return None
         entry.seen_ns = seen

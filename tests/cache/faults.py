@@ -24,8 +24,8 @@ from pathlib import Path
 
 from kvguard.cache import FORMAT, RACY_NS, Store, cache_file
 from kvguard.config import Config
+from kvguard.disk import SUFFIX
 from kvguard.engine import CACHE_VERSION, Result, check
-from kvguard.tempfiles import SUFFIX
 
 SEVERITY = {"KVG001": "error", "KVG002": "error", "KVG003": "error", "KVG004": "advice"}
 Corruption = Callable[[bytes], bytes]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kvguard import tempfiles
+from kvguard import disk
 from kvguard.cache import RACY_NS, Store
 from kvguard.engine import CACHE_VERSION
 from tests.cache.faults import MARKER, Bench, named_corruptions, random_corruptions, run_catalogue
@@ -30,7 +30,7 @@ RANDOM_FAULTS = 5  # seeded random corruptions on top of the named catalogue
 
 
 def _no_temp_files(root: Path) -> list[str]:
-    return sorted(str(p) for p in root.rglob(f"*{tempfiles.SUFFIX}"))
+    return sorted(str(p) for p in root.rglob(f"*{disk.SUFFIX}"))
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ def test_a_file_size_limit_leaves_no_temporary_file(
     """RLIMIT_FSIZE makes every write past the limit fail with EFBIG, as a full disk
     fails with ENOSPC (the Python interpreter ignores SIGXFSZ)."""
     script = (
-        "import sys, kvguard.tempfiles as t; t.use_unnamed = "
+        "import sys, kvguard.disk as t; t.use_unnamed = "
         f"{unnamed} and t.use_unnamed; from kvguard.cli import main; sys.exit(main())"
     )
     reference = subprocess.run(
@@ -329,7 +329,7 @@ def test_a_full_disk_leaves_no_temporary_file(kvguard, tmp_path: Path, tiny_tmpf
 _KILLED_SAVE = textwrap.dedent(
     """
     import os, signal, sys
-    import kvguard.tempfiles as t
+    import kvguard.disk as t
     t.use_unnamed = {unnamed} and t.use_unnamed
     point = {point!r}
     real_write, real_named = t.TempFile.write, t.TempFile.named
@@ -382,7 +382,7 @@ def test_a_sweep_spares_a_temporary_file_whose_writer_lives(tmp_path: Path) -> N
         [
             sys.executable,
             "-c",
-            "import sys, kvguard.tempfiles as t\n"
+            "import sys, kvguard.disk as t\n"
             f"f = t.TempFile({str(tmp_path)!r}, 'cache'); f.write(b'x'); print(f.named())\n"
             "sys.stdout.flush(); sys.stdin.read()",
         ],
@@ -393,12 +393,12 @@ def test_a_sweep_spares_a_temporary_file_whose_writer_lives(tmp_path: Path) -> N
     try:
         name = Path(holder.stdout.readline().strip())  # type: ignore[union-attr]
         assert name.exists()
-        assert tempfiles.sweep(str(tmp_path)) == 0
+        assert disk.sweep(str(tmp_path)) == 0
         assert name.exists()
     finally:
         holder.kill()
         holder.wait()
-    assert tempfiles.sweep(str(tmp_path)) == 1
+    assert disk.sweep(str(tmp_path)) == 1
     assert not name.exists()
 
 

@@ -1,6 +1,9 @@
-"""Temporary files that a killed run cannot leave behind for longer than the next run.
+"""Files read and written so that nothing found on disk can hang, tear or litter a run.
 
-A temporary file starts unnamed (``O_TMPFILE``) where the file system allows it, so that a
+``read_regular`` reads only a regular file, opened ``O_NONBLOCK`` and checked with
+``fstat`` first: a FIFO or a device put where a file was expected is never waited on.
+
+A ``TempFile`` starts unnamed (``O_TMPFILE``) where the file system allows it, so that a
 write that fails (a full disk, a file-size limit) or a SIGKILL while writing leaves nothing.
 It gets a name only to be renamed over its target at once. Whenever it has a name, its
 writer holds an exclusive ``flock`` on it, and the kernel drops that lock when the writer
@@ -24,6 +27,28 @@ _OPEN_NEW = os.O_WRONLY | os.O_CLOEXEC
 _UNNAMED = getattr(os, "O_TMPFILE", 0)
 # naming an unnamed file goes through /proc; tests switch this off to try the fallback
 use_unnamed = bool(_UNNAMED) and os.path.isdir("/proc/self/fd")
+
+
+class NotRegularFile(OSError):
+    """Something other than a regular file (a FIFO, a device, a directory) is there."""
+
+
+def read_regular(path: str | os.PathLike[str], limit: int = -1) -> tuple[os.stat_result, bytes]:
+    """The status and bytes of the regular file at ``path`` (at most ``limit`` bytes, if
+    given: a larger file raises ``NotRegularFile`` unread). Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", os.fspath(path))
+        if 0 <= limit < info.st_size:
+            raise NotRegularFile(errno.EFBIG, f"larger than {limit} bytes", os.fspath(path))
+        chunks = []
+        while chunk := os.read(fd, max(info.st_size + 1, 1 << 16)):
+            chunks.append(chunk)
+        return info, b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 class TempFile:
