@@ -21,7 +21,8 @@ from kvguard.engine import Result, kv_names, lint_source, parse_whole_module
 from kvguard.files import SourceError
 from kvguard.findings import SAFE, UNSAFE, FileError, Finding
 from kvguard.fix.codemod import Fixer, Rewrite, imports_torch, module_binds
-from kvguard.fix.writer import FixError, SourceText, read_for_fix, write_atomic
+from kvguard.fix.source import FixError, SourceText, read_for_fix
+from kvguard.fix.writer import write_fixed
 from kvguard.lint.checker import collect
 from kvguard.lint.fixability import RUNTIME_SPLITTER, ClassPlan, FilePlan, plan_file
 from kvguard.lint.index import ProjectIndex
@@ -208,7 +209,7 @@ def fix(
         done = []
         for file_fix in prepared:
             try:
-                write_atomic(
+                write_fixed(
                     file_fix.display, file_fix.source, file_fix.source.encode(file_fix.new_text)
                 )
             except FixError as exc:
