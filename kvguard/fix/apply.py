@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import libcst as cst
@@ -31,6 +32,14 @@ from kvguard.lint.views import same_views
 from kvguard.suppression import is_suppressed, line_suppressions
 
 
+def _lines(text: str) -> list[str]:
+    """The lines of a "\n"-ended text with their ends (``splitlines`` would also split at
+    form feeds and other separators, and a diff of those pieces would not apply)."""
+    pieces = text.split("\n")
+    lines = [piece + "\n" for piece in pieces[:-1]]
+    return [*lines, pieces[-1]] if pieces[-1] else lines
+
+
 @dataclass
 class FileFix:
     display: str
@@ -46,8 +55,8 @@ class FileFix:
     def diff(self) -> str:
         return "".join(
             difflib.unified_diff(
-                self.source.text.splitlines(keepends=True),
-                self.new_text.splitlines(keepends=True),
+                _lines(self.source.text),
+                _lines(self.new_text),
                 fromfile=f"a/{self.display}",
                 tofile=f"b/{self.display}",
             )
@@ -72,6 +81,7 @@ def applicable(finding: Finding, unsafe: bool) -> bool:
 
 @dataclass
 class _Parsed:
+    text: str  # the source parsed ("\n" line endings)
     module: cst.Module
     plan: FilePlan
     classes: dict[str, cst.ClassDef]
@@ -102,15 +112,16 @@ def _parse_and_plan(text: str, display: str, config: Config, index: ProjectIndex
     module.visit(_Classes())
     # the first class of each name outside functions, as the rules and the plan see them
     classes = {n: c for n in dict.fromkeys(names) if (c := model.class_def(n)) is not None}
-    lines = text.splitlines()
+    lines = text.split("\n")  # as libcst counts lines; splitlines() also splits at "\f"
     indents = {}
     for name, node in classes.items():
         first = node.body.body[0] if isinstance(node.body, cst.IndentedBlock) else None
         if first is not None:
             start = positions[first].start
-            indents[name] = lines[start.line - 1][: start.column]
-    duplicates = {n for n in names if names.count(n) > 1}
-    return _Parsed(module, plan, classes, duplicates, indents)
+            # a form feed resets the indentation count: what follows the last one is it
+            indents[name] = lines[start.line - 1][: start.column].rsplit("\f", 1)[-1]
+    duplicates = {n for n, count in Counter(names).items() if count > 1}
+    return _Parsed(text, module, plan, classes, duplicates, indents)
 
 
 def _rewrite(parsed: _Parsed, unsafe: bool, exclude: set[str]) -> str:
@@ -129,8 +140,35 @@ def _rewrite(parsed: _Parsed, unsafe: bool, exclude: set[str]) -> str:
             rewrite.runtime = dict(parsed.plan.runtime)
             rewrite.add_import = bound is None
     if not rewrite.classes and not rewrite.runtime:
-        return parsed.module.code
-    return parsed.module.visit(Fixer(rewrite, parsed.module)).code
+        return parsed.text
+    fixed = parsed.module.visit(Fixer(rewrite, parsed.module)).code
+    return _untouched_lines_kept(parsed.text, parsed.module.code, fixed)
+
+
+def _untouched_lines_kept(original: str, regenerated: str, fixed: str) -> str:
+    """``fixed`` with the original of every line the fix did not touch.
+
+    libcst reproduces a file byte for byte except for a form feed that starts a
+    statement's line (``\fclass X:``), which it drops; the lines of its unfixed output
+    are then those of the original but for those form feeds, and where the fixed output
+    keeps such a line unchanged, the original line goes back.
+    """
+    if regenerated == original:
+        return fixed
+    old, new = original.split("\n"), regenerated.split("\n")
+    if len(old) != len(new) or any(
+        a != b and a.replace("\f", "") != b for a, b in zip(old, new, strict=True)
+    ):
+        raise FixError(
+            "libcst does not reproduce this file byte for byte, so a fix could change lines "
+            "it should not touch; fix it by hand (`kvguard check --diff` shows the fix)"
+        )
+    lines = fixed.split("\n")
+    out: list[str] = []
+    matcher = difflib.SequenceMatcher(None, new, lines, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        out.extend(old[i1:i2] if tag == "equal" else lines[j1:j2])
+    return "\n".join(out)
 
 
 def _hazards(plans: dict[str, _Parsed], index: ProjectIndex) -> dict[str, set[str]]:
