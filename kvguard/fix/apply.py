@@ -25,6 +25,7 @@ from kvguard.fix.codemod import Fixer, Rewrite, imports_torch, module_binds
 from kvguard.fix.source import FixError, SourceText, read_for_fix
 from kvguard.fix.writer import write_fixed
 from kvguard.lint.checker import collect
+from kvguard.lint.facts import ClassFacts
 from kvguard.lint.fixability import RUNTIME_SPLITTER, ClassPlan, FilePlan, plan_file
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.positions import PositionWrapper
@@ -177,24 +178,20 @@ def _hazards(plans: dict[str, _Parsed], index: ProjectIndex) -> dict[str, set[st
     The planner sees existing ``_split_kv_cache`` methods only; a subclass that gets its
     own generated one in this run and inherits a routed method is caught here.
     """
-    generated: dict[tuple[str, str], tuple[ClassPlan, str]] = {}
+    # by the class the plan's name denotes in its file: (that class, the plan, its file)
+    generated: dict[tuple[str, str], tuple[ClassFacts, ClassPlan, str]] = {}
     for display, parsed in plans.items():
         for name, plan in parsed.plan.classes.items():
-            if plan.generate and not plan.reason:
-                generated[(name, display)] = (plan, display)
+            facts = index.lookup(name, near=display)
+            if plan.generate and not plan.reason and facts is not None:
+                generated[(facts.name, facts.path)] = (facts, plan, display)
     exclude: dict[str, set[str]] = {}
-    for (name, display), (plan, _) in generated.items():
-        facts = index.lookup(name, near=display)
-        if facts is None:
-            continue
-        for (sub_name, sub_display), (sub_plan, _) in generated.items():
-            sub = index.lookup(sub_name, near=sub_display)
-            if sub is None or sub is facts:
+    for facts, plan, display in generated.values():
+        for sub in index.subclasses(facts):
+            if (sub.name, sub.path) not in generated:
                 continue
-            chain = list(index.mro(sub))
-            if facts not in chain:
-                continue
-            below = chain[: chain.index(facts)]
+            sub_plan = generated[(sub.name, sub.path)][1]
+            below = index.lineage_below(sub, facts)
             overridden = {m for c in below for m in c.instance_methods}
             if all(m in overridden for m in plan.methods):
                 continue
@@ -202,7 +199,7 @@ def _hazards(plans: dict[str, _Parsed], index: ProjectIndex) -> dict[str, set[st
                 continue
             if sub_plan.template == plan.template:
                 continue
-            exclude.setdefault(display, set()).add(name)
+            exclude.setdefault(display, set()).add(plan.name)
     return exclude
 
 
