@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import pwd  # imported before a test's child gives up root (see _fix_as)
+import resource
 import shutil
 import signal
 import stat
@@ -380,3 +381,31 @@ def test_a_stray_temporary_file_of_a_killed_run_is_swept_by_the_next_fix(kvguard
     proc = _fix(kvguard, tree)
     assert proc.returncode == 0
     assert not stray.exists()
+
+
+def test_a_full_disk_leaves_the_file_and_no_temporary_file(tmp_path: Path, kvguard_env) -> None:  # type: ignore[no-untyped-def]
+    """A file-size limit below the fixed file's size fails its write as a full disk would
+    (EFBIG for ENOSPC; the interpreter ignores SIGXFSZ)."""
+    tree, target, _ = _tree(tmp_path)
+    limit = len(SCATTERED_SOURCE) + 64  # the fixed file is longer
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvguard", "check", "--fix", "--no-cache", "."],
+        cwd=tree,
+        env=kvguard_env,
+        capture_output=True,
+        text=True,
+        preexec_fn=limited,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = _error_lines(proc.stdout)
+    assert errors == [
+        "a_target.py: error: not fixed: cannot write: File too large",
+        "b_other.py: error: not fixed: cannot write: File too large",
+    ]
+    assert target.read_text() == SCATTERED_SOURCE
+    assert _temp_files(tmp_path) == []
