@@ -73,7 +73,7 @@ def test_every_corruption_of_a_real_cache_is_dropped_and_recomputed(tmp_path: Pa
 
     count, failures = run_catalogue(bench, catalogue, marker)
     assert failures == []
-    assert count >= 70
+    assert count >= 60 + RANDOM_FAULTS
 
 
 def test_damage_to_whatever_the_cache_wrote_never_changes_the_output(
