@@ -12,8 +12,9 @@ process (``check`` with one job, no cache): the fix planning of every file
 (``fixability.plan_file``, which the engine runs on each file with a fixable finding) and
 the cross-file step of ``--fix`` (``apply._hazards``, over every file's plan). The cyclic
 garbage collector is off, as ``kvguard`` turns it off (``cli.main``): its passes over a
-growing heap would add a cost that is not kvguard's. Prints milliseconds per file (best
-of ``--repeat`` interleaved runs) and the ratio of each doubling (linear: about 2.0; the
+growing heap would add a cost that is not kvguard's. Prints CPU milliseconds per file
+(``time.process_time``, steadier than wall time on a shared machine; best of ``--repeat``
+interleaved runs) and the ratio of each doubling (linear: about 2.0; the
 target is at most 2.2).
 """
 
@@ -92,11 +93,11 @@ class Timer:
 
     def wrap(self, function):  # type: ignore[no-untyped-def]
         def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
-            start = time.perf_counter()
+            start = time.process_time()
             try:
                 return function(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                self.seconds += time.process_time() - start
                 self.calls += 1
 
         return timed
@@ -122,9 +123,9 @@ def measure(count: int, work: Path) -> tuple[float, float, int]:
     for display in sorted({f.path for f in result.findings if f.fix is not None}):
         text = (root / display).read_text()
         parsed[display] = apply._parse_and_plan(text, display, Config(), result.index)
-    start = time.perf_counter()
+    start = time.process_time()
     apply._hazards(parsed, result.index)
-    hazards = time.perf_counter() - start
+    hazards = time.process_time() - start
     shutil.rmtree(root)
     return planning.seconds, hazards, fixable
 

@@ -96,9 +96,25 @@ def decoder(hint: Any) -> Codec:
     if origin in (list, frozenset):
         return _sequence_decoder(args[0], origin)
     if origin is dict:
-        pair = decoder(tuple[args[0], args[1]])  # type: ignore[valid-type]
-        return lambda value: {} if value == [] else dict(map(pair, _list(value)))
+        return _dict_decoder(args[0], args[1])
     raise TypeError(f"typed_json cannot decode {hint!r}")
+
+
+def _dict_decoder(key: Any, item: Any) -> Codec:
+    """[key, value] pairs: split in C (``zip``), each column checked as a sequence."""
+    keys = _sequence_decoder(key, tuple)
+    values = _sequence_decoder(item, tuple)
+
+    def decode(value: Any) -> Any:
+        pairs = _list(value)
+        if not pairs:
+            return {}
+        if set(map(type, pairs)) != {list} or set(map(len, pairs)) != {2}:
+            raise ShapeError("expected [key, value] pairs")
+        names, items = zip(*pairs, strict=True)
+        return dict(zip(keys(list(names)), values(list(items)), strict=True))
+
+    return decode
 
 
 def _sequence_decoder(item: Any, build: type) -> Codec:
@@ -150,6 +166,15 @@ def _record_decoder(build: Callable[[list[Any]], Any], hints: list[Any]) -> Code
     nested = [(i, codec) for i, (_, codec) in enumerate(shapes) if codec is not None]
     count = len(shapes)
     name = getattr(build, "__qualname__", "tuple")
+    if build is tuple and not nested and all(len(a) == 1 for a in allowed):  # tuple[str, str]
+        kinds = tuple(next(iter(a)) for a in allowed)
+
+        def plain(value: Any) -> Any:
+            if type(value) is not list or tuple(map(type, value)) != kinds:
+                raise ShapeError(f"expected a list of {', '.join(k.__name__ for k in kinds)}")
+            return tuple(value)
+
+        return plain
 
     def decode(value: Any) -> Any:
         values = _list(value)
