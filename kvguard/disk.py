@@ -19,7 +19,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import stat
 
 SUFFIX = ".kvguard-tmp"  # never ``.py``: a checked tree's discovery cannot pick one up
@@ -68,7 +67,7 @@ class TempFile:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def _candidate(self) -> str:
-        return os.path.join(self.directory, f".{self.stem}.{secrets.token_hex(6)}{SUFFIX}")
+        return os.path.join(self.directory, f".{self.stem}.{os.urandom(6).hex()}{SUFFIX}")
 
     def _create_named(self) -> None:
         for _ in range(100):
