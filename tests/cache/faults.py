@@ -2,10 +2,16 @@
 damaged cache gives exactly the findings of a run without cache, with no traceback.
 
     python -m tests.cache.faults [--random N] [--version 0.33.0]
+    python -m tests.cache.faults --blind [--code DIR]
 
 checks vLLM's ``v1/attention/backends`` tree (67 files, findings of every rule) against the
 named corruptions below plus N seeded random ones, and prints a tally. The test suite runs
 the same catalogue with a bounded count (``tests/cache/test_cache_faults.py``).
+
+``--blind`` knows nothing of the format: it truncates (22 ways) and bit-flips (22 seeded
+ways) whatever file the cache wrote, runs the CLI of the kvguard in DIR (default: this
+one; a checkout of another revision, e.g. ``git worktree add /tmp/old main``, compares
+two) and counts tracebacks and outputs that differ from a run without cache.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import os
 import pickle
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -297,6 +305,44 @@ def run_catalogue(
     return count, failures
 
 
+def blind(tree: Path, cache: Path, code: Path, seed: int) -> tuple[int, int]:
+    """(tracebacks, other wrong outputs) of 44 format-blind corruptions, through the CLI."""
+    env = dict(os.environ, KVGUARD_CACHE_DIR=str(cache), PYTHONPATH=str(code), NO_COLOR="1")
+
+    def run(*extra: str) -> tuple[int, str, str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kvguard", "check", "vllm", "--no-progress", *extra],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        return proc.returncode, proc.stdout, proc.stderr
+
+    reference = run("--no-cache")
+    newest = max(p.stat().st_ctime_ns for p in tree.rglob("*"))
+    time.sleep(max(0.0, (newest + RACY_NS - time.time_ns()) / 1e9 + 0.05))
+    run()
+    run()
+    (path,) = [p for p in cache.iterdir() if p.is_file()]
+    clean = path.read_bytes()
+    rng = random.Random(seed)
+    tracebacks = wrong = 0
+    for i in range(44):
+        if i < 22:
+            data = clean[: len(clean) * (i + 1) // 23]
+        else:
+            at = rng.randrange(len(clean))
+            data = clean[:at] + bytes([clean[at] ^ (1 << rng.randrange(8))]) + clean[at + 1 :]
+        path.write_bytes(data)
+        got = run()
+        if "Traceback" in got[2]:
+            tracebacks += 1
+        elif got != reference:
+            wrong += 1
+    return tracebacks, wrong
+
+
 def main() -> None:
     from tests.vllm_sources import vllm_tree
 
@@ -304,10 +350,17 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=200)
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--version", default="0.33.0")
+    parser.add_argument("--blind", action="store_true")
+    parser.add_argument("--code", type=Path, default=Path(__file__).resolve().parents[2])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kvguard-faults-"))
     source = vllm_tree(args.version) / "vllm/v1/attention/backends"
     shutil.copytree(source, work / "tree/vllm/v1/attention/backends")
+    if args.blind:
+        tracebacks, wrong = blind(work / "tree", work / "cache", args.code, args.seed)
+        print(f"{args.code}: 44 corruptions, {tracebacks} tracebacks, {wrong} other wrong outputs")
+        shutil.rmtree(work, ignore_errors=True)
+        raise SystemExit(1 if tracebacks or wrong else 0)
     marker = work / MARKER
     bench = Bench(work / "tree", work / "cache")
 
