@@ -134,6 +134,13 @@ def _error_lines(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if ": error: " in line]
 
 
+def _assert_the_edit_was_kept(driver: Driver, target: Path) -> None:
+    code, out, err = driver.finish()
+    assert code == 2, out + err
+    assert _error_lines(out) == [CHANGED_LINE]
+    assert target.read_text() == EDITED
+
+
 CONCURRENT = [
     # (the checkpoint where the edit happens, how the user saves, exchange supported)
     ("written", _edit_in_place, True),
@@ -154,10 +161,7 @@ def test_an_edit_made_during_fix_is_kept_and_reported(
     driver.wait_for(step)
     edit(target)
     driver.go(step)
-    code, out, err = driver.finish()
-    assert code == 2, out + err
-    assert _error_lines(out) == [CHANGED_LINE]
-    assert target.read_text() == EDITED
+    _assert_the_edit_was_kept(driver, target)
     assert "self._split_kv_cache" in other.read_text()
     assert _temp_files(tmp_path) == []
 
@@ -173,10 +177,7 @@ def test_an_edit_through_a_file_held_open_is_kept(tmp_path: Path, kvguard_env) -
         held.write(EDITED.encode())
         held.truncate()
     driver.go("swapped")
-    code, out, err = driver.finish()
-    assert code == 2, out + err
-    assert _error_lines(out) == [CHANGED_LINE]
-    assert target.read_text() == EDITED
+    _assert_the_edit_was_kept(driver, target)
     assert _temp_files(tmp_path) == []
 
 
@@ -188,10 +189,7 @@ def test_an_edit_held_open_in_the_fallback_is_put_back(tmp_path: Path, kvguard_e
         held.write(EDITED.encode())
         held.truncate()
     driver.go("replaced")
-    code, out, err = driver.finish()
-    assert code == 2, out + err
-    assert _error_lines(out) == [CHANGED_LINE]
-    assert target.read_text() == EDITED
+    _assert_the_edit_was_kept(driver, target)
     assert _temp_files(tmp_path) == []
 
 
@@ -210,6 +208,10 @@ def test_no_edit_means_a_clean_fix(tmp_path: Path, kvguard_env, exchange: bool) 
     assert _temp_files(tmp_path) == []
 
 
+def _fix(kvguard, tree: Path, *paths: str):  # type: ignore[no-untyped-def]
+    return kvguard("check", "--fix", "--no-cache", *(paths or (".",)), cwd=tree)
+
+
 # -- killed ------------------------------------------------------------------------------
 
 
@@ -224,7 +226,7 @@ def test_no_edit_means_a_clean_fix(tmp_path: Path, kvguard_env, exchange: bool) 
     ],
 )
 def test_a_killed_fix_leaves_a_whole_file_and_the_next_one_cleans_up(
-    tmp_path: Path, kvguard_env, kill: str, unnamed: bool
+    kvguard, tmp_path: Path, kvguard_env, kill: str, unnamed: bool
 ) -> None:  # type: ignore[no-untyped-def]
     tree, target, other = _tree(tmp_path)
     driver = Driver(tree, kvguard_env, tmp_path / "sync", kill=kill, unnamed=unnamed)
@@ -234,14 +236,7 @@ def test_a_killed_fix_leaves_a_whole_file_and_the_next_one_cleans_up(
     assert content == SCATTERED_SOURCE or content.count("self._split_kv_cache(kv_cache)") == 2
     if kill == "mid-write" and unnamed:
         assert _temp_files(tmp_path) == []
-    again = subprocess.run(
-        [sys.executable, "-m", "kvguard", "check", "--fix", "--no-cache", "."],
-        cwd=tree,
-        env=kvguard_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = _fix(kvguard, tree)
     assert again.returncode == 0, again.stdout + again.stderr
     assert _temp_files(tmp_path) == []
     for path in (target, other):
@@ -249,10 +244,6 @@ def test_a_killed_fix_leaves_a_whole_file_and_the_next_one_cleans_up(
 
 
 # -- what a file keeps -------------------------------------------------------------------
-
-
-def _fix(kvguard, tree: Path, *paths: str):  # type: ignore[no-untyped-def]
-    return kvguard("check", "--fix", "--no-cache", *(paths or (".",)), cwd=tree)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file another owner")
