@@ -149,10 +149,10 @@ def _rewrite(parsed: _Parsed, unsafe: bool, exclude: set[str]) -> str:
 def _untouched_lines_kept(original: str, regenerated: str, fixed: str) -> str:
     """``fixed`` with the original of every line the fix did not touch.
 
-    libcst reproduces a file byte for byte except for a form feed that starts a
-    statement's line (``\fclass X:``), which it drops; the lines of its unfixed output
-    are then those of the original but for those form feeds, and where the fixed output
-    keeps such a line unchanged, the original line goes back.
+    libcst reproduces a file byte for byte except for a form feed (^L) that starts a
+    statement's line (``^Lclass X:``), which it drops; the lines of its unfixed output are
+    then those of the original but for those form feeds, and where the fixed output keeps
+    such a line unchanged, the original line goes back.
     """
     if regenerated == original:
         return fixed

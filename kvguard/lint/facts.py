@@ -340,8 +340,8 @@ def _class_span(cls: ast.ClassDef, lines: list[str]) -> ClassSpan:
 
 
 def _indented(lines: list[str], node: ast.stmt) -> bool:
-    """Whether the statement is indented, as the tokenizer counts: a form feed before it
-    (``\f class X:``) resets the count, so what follows the last one is its indentation."""
+    """Whether the statement is indented, as the tokenizer counts: a form feed (^L) before
+    it (``^L class X:``) resets the count, so what follows the last one is its indentation."""
     return bool(lines[node.lineno - 1][: node.col_offset].rsplit("\f", 1)[-1])
 
 
