@@ -150,6 +150,8 @@ def test_a_racy_record_is_verified_by_content_then_trusted(small_tree: Path, tmp
     """A record read within RACY_NS of its file's change is checked by hash; the check
     moves its read time, so that the run after trusts the stamp."""
     bench = Bench(small_tree, tmp_path / "cache", (".",))
+    bad = small_tree / "bad.py"
+    bad.write_bytes(bad.read_bytes())  # changed just now: its record will be racy
     bench.run()
     path = _only_cache_file(bench.cache)
     store = Store(path, CACHE_VERSION)
