@@ -20,12 +20,18 @@ Two ways to switch it on: in code,
 
 or with the environment variable KVGUARD_MODE=warn|strict|fix and `Guard()` (what the vLLM
 plugin does). Where a kv_cache goes: `guard.py` (wrapper, verdict cache), `discovery.py` (the
-impl's split, observed once), `pagemap.py` + `footprint.py` (the byte arithmetic).
+impl's split, observed on its first kernel call; `roles.py` names each view by its role
+there), `judge.py` (the invariants), `pagemap.py` + `footprint.py` (the byte arithmetic),
+`records.py` (what was found, as data: `Violation`, `LayerRecord`, `Collision`).
+
+Calls that reach no kernel (warm-up, CUDA-graph capture sizes with no metadata) leave a layer
+pending, never settled: the first call that reaches a kernel is judged.
 
 torch.compile: when an impl runs inside a custom op (vLLM's unified attention op) the guard
 works unchanged; when dynamo traces a wrapped method directly, the guard steps aside for that
-trace. CUDA graphs: steady state touches no tensor and no device, so it is capture-safe;
-discovery must happen on an eager (warm-up) call, which engines do before capturing.
+trace. CUDA graphs: steady state touches no tensor and no device, so it is capture-safe, and
+so is the pending path; a judgement happens on an eager call, which engines make before
+capturing a graph that contains attention.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -36,6 +42,7 @@ _EXPORTS = {
     "Guard": "guard",
     "KVLayoutMismatchError": "errors",
     "UnsupportedView": "errors",
+    **{name: "records" for name in ("Collision", "LayerRecord", "ViewRecord", "Violation")},
     **{
         name: "layouts"
         for name in (
@@ -68,6 +75,7 @@ if TYPE_CHECKING:
         KVLayout,
         split_kv_cache,
     )
+    from .records import Collision, LayerRecord, ViewRecord, Violation
 
 
 def __getattr__(name: str) -> Any:
@@ -89,9 +97,13 @@ __all__ = [
     "LAYOUTS",
     "PACKED_HND",
     "PACKED_NHD",
+    "Collision",
     "Guard",
     "KVLayout",
     "KVLayoutMismatchError",
+    "LayerRecord",
     "UnsupportedView",
+    "ViewRecord",
+    "Violation",
     "split_kv_cache",
 ]

@@ -1,11 +1,17 @@
-"""Violation messages: both layers, their views, the first colliding blocks, and what to do."""
+"""The text of a violation: formatted only when read (`str(violation)`, `summary()`).
+
+The full diagnostic names both sides, the invariant, each view by its role at the kernel
+call, the first colliding blocks, the page map, and what to do, worded for what the guard did
+(warned, raised, fixed, or refused a fix it cannot make). The summary is one line without
+storage addresses, for places a user sees but should not read internals (an HTTP response).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .footprint import ViewGeometry
-from .pagemap import PageMap
+if TYPE_CHECKING:
+    from .records import Collision, LayerRecord, Violation
 
 INVARIANTS = {
     "containment": "every byte a layer's K/V views address for block b must lie in page b "
@@ -16,57 +22,149 @@ INVARIANTS = {
 }
 
 
-def layer_lines(info: dict[str, Any]) -> list[str]:
+def short_impl(qualname: str) -> str:
+    """`impl_classes.<locals>.KVFirstImpl` -> `KVFirstImpl`."""
+    return qualname.rsplit(".", 1)[-1]
+
+
+def _against(v: Violation) -> str:
+    if v.against == "itself":
+        return "itself"
+    if v.against == "declared":
+        return "the page map its engine declared for it"
+    return f"layer {v.other_name!r}"
+
+
+def headline(v: Violation) -> str:
+    where = ""
+    if v.allocation is not None:
+        a = v.allocation
+        where = (
+            f" in allocation #{a.id} (storage {a.storage_ptr:#x}, {a.nbytes} bytes on {a.device})"
+        )
+    if v.against == "itself" and v.invariant == "disjointness":
+        return f"kvguard: layer {v.layer.name!r}'s own views overlap{where}."
+    if v.against == "itself":
+        return f"kvguard: layer {v.layer.name!r}'s views leave the pages they imply{where}."
+    return (
+        f"kvguard: layer {v.layer.name!r} and {_against(v)} disagree on which bytes the "
+        f"KV-cache block ids own{where}."
+    )
+
+
+def layer_lines(record: LayerRecord) -> list[str]:
     lines = [
-        f"  layer {info['name']!r}: impl {info['impl']}, attention type {info['attn_type']}, "
-        f"layout {info.get('layout') or 'unnamed'}"
+        f"  layer {record.name!r}: impl {short_impl(record.impl)}, attention type "
+        f"{record.attn_type}, layout {record.layout or 'unnamed'}"
     ]
-    for role, view in zip(info["roles"], info["views"], strict=True):
-        lines.append(f"    {role}: {ViewGeometry.from_json(view).describe()}")
+    for view in record.views:
+        lines.append(f"    {view.label()}: {view.geometry.describe()}")
     return lines
 
 
-def collision_lines(
-    layer: str, collisions: list[dict[str, Any]], page_map: PageMap | None
-) -> list[str]:
+def collision_lines(collisions: tuple[Collision, ...]) -> list[str]:
     lines = []
     for c in collisions:
-        where = (
-            f"the page of block {c['owner_block']}"
-            if c.get("owner_block") is not None
-            else "no block's page"
-        )
-        if c.get("owner_block") == c["block"]:
-            where = f"its own page only in part (page {list(c['page'])})"
-        lines.append(
-            f"    {layer} block {c['block']} {c['role']} bytes [{c['lo']}, {c['hi']}) -> {where}"
-        )
-    if page_map is not None:
-        lines.append(f"  page map: {page_map.describe()}")
+        if c.note and c.owner_block is None:
+            where = c.note
+        elif c.owner_block is None:
+            where = "no block's page"
+        elif c.owner_block == c.block and c.page:
+            where = f"its own page only in part (page [{c.page[0]}, {c.page[1]}))"
+        else:
+            where = f"the page of block {c.owner_block}"
+            if c.note:
+                where += f" ({c.note})"
+        lines.append(f"    block {c.block} {c.role} bytes [{c.lo}, {c.hi}) -> {where}")
     return lines
 
 
-def advice(
-    fix: list[ViewGeometry] | str | None, roles: list[str], other_layout: str | None
-) -> list[str]:
+def _calls(v: Violation) -> str:
+    assert v.fix is not None
+    return "; ".join(
+        f"{view.role} = {g.as_strided_call()}"
+        for view, g in zip(v.layer.views, v.fix, strict=False)
+    )
+
+
+def advice(v: Violation) -> list[str]:
+    other_layout = v.other.layout if v.other else None
     split = (
         f"kvguard.runtime.split_kv_cache(kv_cache, {other_layout!r})"
         if other_layout
         else "kvguard.runtime.split_kv_cache(kv_cache, <the allocation's layout>)"
     )
-    lines = [
-        "  what to do (any one):",
+    fixes = [
         f"    1. split every layer on this allocation through one splitter: {split};",
         "    2. pick backends whose cache layouts match for layers that share an allocation;",
     ]
-    if isinstance(fix, list):
-        calls = "; ".join(
-            f"{role} = {g.as_strided_call()}" for role, g in zip(roles, fix, strict=True)
+    if v.against == "itself":
+        fixes = [f"    1. change the layer's split so its views do not overlap: {split};"]
+    if v.action == "fixed":
+        how = (
+            "swapped the views at the kernel call"
+            if v.layer.fix_path == "intercept"
+            else "re-strided kv_cache so the impl's own split lands on the page map"
         )
+        return [
+            f"  kvguard fix {how} (outputs as a correct split gives): {_calls(v)}",
+            "  to repair the backend itself (any one):",
+            *fixes,
+        ]
+    if v.action == "refused":
+        return [
+            f"  fix mode cannot repair this call ({v.unfixable}), so it stopped it before "
+            "its kernels ran, as strict mode would.",
+            "  what to do (any one):",
+            *fixes,
+        ]
+    lines = ["  what to do (any one):", *fixes]
+    if v.fix is not None:
         lines.append(
             f'    3. run with Guard(mode="fix") (KVGUARD_MODE=fix), which hands the kernels '
-            f"views re-strided onto the page map: {calls}"
+            f"views re-strided onto the page map: {_calls(v)}"
         )
-    elif isinstance(fix, str):
-        lines.append(f'    (mode "fix" cannot repair this one: {fix})')
+    elif v.unfixable:
+        lines.append(f'    (mode "fix" cannot repair this one: {v.unfixable})')
     return lines
+
+
+def full_message(v: Violation) -> str:
+    lines = [
+        headline(v),
+        f"  invariant violated: {v.invariant}: {INVARIANTS[v.invariant]}",
+    ]
+    if v.detail:
+        lines.append(f"  how: {v.detail}")
+    lines += layer_lines(v.layer)
+    if v.other is not None and v.other.name != v.layer.name:
+        lines += layer_lines(v.other)
+    if v.collisions:
+        lines.append(f"  first colliding block ids of {v.layer.name!r}:")
+        lines += collision_lines(v.collisions)
+    if v.page_map is not None:
+        lines.append(f"  page map: {v.page_map.describe()}")
+    lines += advice(v)
+    return "\n".join(lines)
+
+
+def summary(v: Violation) -> str:
+    """One line, no addresses: which layer, which invariant, against what, what happened."""
+    what = {
+        "warned": "logged, the call ran",
+        "raised": "the call was stopped before its kernels ran",
+        "fixed": "fix mode re-strided its views",
+        "refused": "the call was stopped before its kernels ran (fix mode cannot repair it)",
+    }[v.action]
+    first = ""
+    if v.detail:
+        first = f" ({v.detail})"
+    elif v.collisions:
+        c = v.collisions[0]
+        owner = f"block {c.owner_block}'s page" if c.owner_block is not None else "no block's page"
+        first = f" (block {c.block} {c.role} lands in {owner})"
+    return (
+        f"kvguard: layer {v.layer.name!r} ({short_impl(v.layer.impl)}) breaks {v.invariant} "
+        f"against {_against(v)}{first}; {what}. The full diagnostic is in the log and the "
+        "kvguard report."
+    )

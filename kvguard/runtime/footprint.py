@@ -175,6 +175,58 @@ def self_overlapping(g: ViewGeometry) -> bool:
     return False
 
 
+MAX_RUNS = 4096
+
+
+def byte_runs(g: ViewGeometry, limit: int = MAX_RUNS) -> list[tuple[int, int]] | None:
+    """Block 0's bytes as sorted [lo, hi) runs (innermost contiguous dims merged), or None
+    when there would be more than `limit` runs."""
+    dims = sorted(
+        (s * g.itemsize, n) for n, s in zip(g.shape[1:], g.stride[1:], strict=True) if n > 1
+    )
+    run, outer = g.itemsize, []
+    for stride, size in dims:
+        if not outer and stride == run:
+            run *= size
+        else:
+            outer.append((stride, size))
+    count = 1
+    for _, size in outer:
+        count *= size
+    if count > limit:
+        return None
+    starts = [g.start]
+    for stride, size in outer:
+        starts = [s + i * stride for s in starts for i in range(size)]
+    return [(s, s + run) for s in sorted(starts)]
+
+
+def blocks_share_bytes(a: ViewGeometry, b: ViewGeometry) -> bool:
+    """Whether block 0 of `a` and block 0 of `b` address a common byte: exact.
+
+    Views that interleave within a block (an MLA cache's per-token latent, scales and rope,
+    each a slice of every token's bytes) have overlapping hulls and no common byte. Decided by
+    sweeping both views' byte runs; beyond MAX_RUNS runs, by `blocks_share_elements`.
+    """
+    a_lo, a_hi = a.block_span(0)
+    b_lo, b_hi = b.block_span(0)
+    if not (a_lo < b_hi and b_lo < a_hi):
+        return False
+    runs_a, runs_b = byte_runs(a), byte_runs(b)
+    if runs_a is None or runs_b is None:
+        return blocks_share_elements(a, b)
+    i = j = 0
+    while i < len(runs_a) and j < len(runs_b):
+        (lo_a, hi_a), (lo_b, hi_b) = runs_a[i], runs_b[j]
+        if lo_a < hi_b and lo_b < hi_a:
+            return True
+        if hi_a <= hi_b:
+            i += 1
+        else:
+            j += 1
+    return False
+
+
 def blocks_share_elements(a: ViewGeometry, b: ViewGeometry) -> bool:
     """Whether block 0 of `a` and block 0 of `b` address a common byte.
 

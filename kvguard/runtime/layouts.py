@@ -111,3 +111,29 @@ def split_kv_cache(
         half = shape[-1] // 2
         return kv_cache[..., :half], kv_cache[..., half:]
     return kv_cache, kv_cache
+
+
+def match_layout(root: torch.Tensor, views: list) -> str | None:
+    """Name of the named layout whose split of `root` gives exactly `views` (geometries)."""
+    from .footprint import ViewGeometry, same_elements
+
+    probe = torch.empty(0, dtype=root.dtype, device="meta").set_(
+        torch.empty(
+            root.untyped_storage().nbytes(), dtype=torch.uint8, device="meta"
+        ).untyped_storage(),
+        root.storage_offset(),
+        root.shape,
+        root.stride(),
+    )
+    for name, layout in LAYOUTS.items():
+        try:
+            got = [ViewGeometry.of(t) for t in split_kv_cache(probe, layout)]
+        except (ValueError, TypeError):
+            continue
+        if layout.split == "latent":
+            got = got[:1]
+        if len(got) == len(views) and all(
+            same_elements(a, b) for a, b in zip(got, views, strict=True)
+        ):
+            return name
+    return None

@@ -27,6 +27,13 @@ class PageMap:
     num_blocks: int | None = None
     source: str = ""
 
+    def __post_init__(self) -> None:
+        if self.block_stride <= 0 or self.page_bytes <= 0:  # block ids would share bytes
+            raise ValueError(
+                f"a page map needs a positive block stride and page size, got "
+                f"block_stride={self.block_stride}, page_bytes={self.page_bytes}"
+            )
+
     def page_span(self, block: int, plane: int = 0) -> tuple[int, int]:
         lo = self.offset + self.planes[plane] + block * self.block_stride
         return lo, lo + self.page_bytes
@@ -64,6 +71,17 @@ class PageMap:
             "num_blocks": self.num_blocks,
             "source": self.source,
         }
+
+    @classmethod
+    def from_json(cls, d: dict) -> PageMap:
+        return cls(
+            d["offset"],
+            d["block_stride"],
+            d["page_bytes"],
+            tuple(d.get("planes", (0,))),
+            d.get("num_blocks"),
+            d.get("source", ""),
+        )
 
     # ----------------------------------------------------------------------------------
     def blocks_per_page(self, view: ViewGeometry) -> int:
@@ -203,7 +221,8 @@ def infer_page_map(views: list[ViewGeometry], source: str) -> PageMap:
     Block 0's footprints are grouped into planes that each fit in one block stride; a view set
     like K/V-first therefore yields two planes, a blocks-first or packed one a single plane.
     """
-    stride = max(v.block_stride for v in views)
+    # a view of one block has no block stride to speak of: its hull is its page
+    stride = max(v.block_stride if v.num_blocks > 1 else v.extent for v in views)
     spans = sorted(v.block_span(0) for v in views)
     planes: list[int] = []
     for lo, hi in spans:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvguard.runtime import Guard
+from kvguard.runtime.records import Violation
 
 from . import specs
 
@@ -76,16 +77,12 @@ def current_guard() -> Guard | None:
     return _state.get("guard")
 
 
-def _on_violation(violation: dict[str, Any]) -> None:
-    guard = _state.get("guard")
-    raises = guard is not None and (
-        guard.mode == "strict" or (guard.mode == "fix" and violation.get("fix") is None)
-    )
-    if raises:
+def _on_violation(violation: Violation) -> None:
+    if violation.action in ("raised", "refused"):
         # The exception travels through vLLM's engine core, which may report only a generic
         # engine failure to the user: say it here too, in full, from the worker itself.
-        logger.error("%s", violation["message"])
-        _leave_for_the_user(violation["message"])
+        logger.error("%s", violation)
+        _leave_for_the_user(str(violation))
     writer = _state.get("writer")
     if writer is not None:
         writer.on_violation(violation)

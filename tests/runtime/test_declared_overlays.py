@@ -76,6 +76,6 @@ def test_declarations_that_give_a_block_two_owners_are_caught():
         run(seats, raw)
     assert torch.equal(raw, torch.zeros_like(raw))  # before the first write
     violation = info.value.violation
-    assert violation["invariant"] == "disjointness"
-    assert {violation["layer"], violation["other"]} == {"full.0", "swa.0"}
+    assert violation.invariant == "disjointness"
+    assert {violation.layer.name, violation.other_name} == {"full.0", "swa.0"}
     assert "declares its block 1" in str(info.value)

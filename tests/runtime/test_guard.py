@@ -300,7 +300,8 @@ def test_report_is_json_and_renders_to_svg(tmp_path):
     assert violation["invariant"] == "containment"
     assert violation["other"] == "dec.0.self_attn"
     assert violation["collisions"][0] == {
-        "role": "V",
+        "role": "value_cache",
+        "note": None,
         "block": 0,
         "lo": 256,
         "hi": 512,

@@ -75,7 +75,7 @@ def test_head_inner_reader_of_a_head_outer_buffer_is_caught():
     raw = torch.zeros(2 * N * BS * H * D)
     first = Seat(c["HeadOuterPackedImpl"](), Layer("outer.0"), head_outer, [0, 1])
     second = Seat(c["PackedImpl"](), Layer("inner.0"), lambda r: r.view(N, BS, H, 2 * D), [4, 5])
-    with pytest.raises(KVLayoutMismatchError, match=r"'inner\.0' and 'outer\.0'"):
+    with pytest.raises(KVLayoutMismatchError, match=r"layer 'inner\.0' and layer 'outer\.0'"):
         run([first, second], raw)
 
 

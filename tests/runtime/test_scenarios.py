@@ -133,7 +133,7 @@ def test_strict_raises_before_the_write(name):
         assert s.layer.layer_name in message
         assert type(s.impl).__name__ in message
     assert "what to do" in message and "split_kv_cache" in message
-    assert info.value.violation["layer"] == second.layer.layer_name
+    assert info.value.violation.layer.name == second.layer.layer_name
     # steady state keeps raising, from the cache, before the kernel
     with pytest.raises(KVLayoutMismatchError):
         src = second.reads or second
@@ -325,6 +325,6 @@ def test_kernel_touching_k_before_v_is_judged_on_both():
     kv_first().forward(Layer("b"), raw.view(2, N, BS, H, D), key, value, slots + BS)
     assert guard.report()["violations"] == []  # one layout, judged with K and V together
     before = raw.clone()
-    with pytest.raises(KVLayoutMismatchError, match="'c' and 'a'"):
+    with pytest.raises(KVLayoutMismatchError, match="layer 'c' and layer 'a'"):
         blocks_first().forward(Layer("c"), raw.view(N, 2, BS, H, D), key, value, slots + 2 * BS)
     assert torch.equal(raw, before)

@@ -89,7 +89,7 @@ def _assert_clean(guard: Guard, layers: list[h.Layer]) -> dict:
     assert set(judged) == {layer.plan.name for layer in layers}  # the guard saw every layer
     for layer in layers:
         rec = judged[layer.plan.name]
-        assert rec["status"] == "ok" and rec["roles"] == ["K", "V"], rec
+        assert rec["status"] == "ok" and [v["kind"] for v in rec["views"]] == ["K", "V"], rec
         assert rec["impl"] == type(layer.impl).__qualname__
     assert len({rec["allocation"] for rec in judged.values()}) == 1
     return report
@@ -286,7 +286,7 @@ def test_wrong_split_is_caught_before_any_kernel_runs(kernels, monkeypatch):
     message = str(info.value)
     assert cross_attn.plan.name in message and self_attn.plan.name in message
     assert "RocmAiterUnifiedAttentionImpl" in message and "encoder_decoder" in message
-    assert info.value.violation["invariant"] == "containment"
+    assert info.value.violation.invariant == "containment"
 
 
 def test_layout_refused_for_mixed_page_shapes_is_caught(kernels, monkeypatch):
@@ -311,7 +311,7 @@ def test_layout_refused_for_mixed_page_shapes_is_caught(kernels, monkeypatch):
         with pytest.raises(KVLayoutMismatchError) as info, h.wrapped(guard, ALL_IMPLS):
             h.run(layers)
         violation = info.value.violation
-        assert {violation["layer"], violation["other"]} == {p.name for p in plans[:2]}
+        assert {violation.layer.name, violation.other_name} == {p.name for p in plans[:2]}
 
 
 # The real CPU kernels, no replacement -------------------------------------------------------
