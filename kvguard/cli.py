@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="merge and render the runtime guard's KVGUARD_REPORT")
     report.add_argument("directory", type=Path, metavar="DIR")
     report.add_argument("--format", choices=["text", "json"], default="text")
-    report.add_argument("--svg", type=Path, help="also save the rendering as an SVG file")
+    report.add_argument(
+        "--svg", type=Path, help="also draw the report as SVG (a .html name: an HTML page)"
+    )
     return parser
 
 
@@ -312,15 +314,7 @@ def _report(args: argparse.Namespace) -> int:
 
         sys.stdout.write(json.dumps(merged, indent=1) + "\n")
     else:
-        import io
+        from kvguard.runtime.merge import show
 
-        from rich.console import Console
-
-        from kvguard.runtime.merge import render
-
-        render(merged, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
-        if args.svg is not None:
-            recording = Console(record=True, width=160, file=io.StringIO())
-            render(merged, recording)
-            recording.save_svg(str(args.svg), title="kvguard report")
+        show(merged, args.svg)
     return EXIT_FINDINGS if merged["totals"]["violations"] else EXIT_CLEAN

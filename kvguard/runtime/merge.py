@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from .render import layout_map
+from .render import WIDTH, print_lines, report_lines
 
 
 class ReportError(ValueError):
@@ -62,56 +60,15 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _process_name(report: dict[str, Any]) -> str:
-    proc = report.get("process", {})
-    rank = f" rank {proc['rank']}" if proc.get("rank") not in (None, "") else ""
-    return f"{proc.get('host', '')} pid {proc.get('pid', '?')}{rank}".strip()
-
-
-def summary_table(merged: dict[str, Any]) -> Table:
-    totals = merged["totals"]
-    table = Table(
-        title=f"kvguard: {totals['processes']} process(es), {totals['allocations']} "
-        f"allocation(s), {totals['layers']} layer(s), {totals['violations']} violation(s)"
-    )
-    columns = ("process", "mode", "layer", "impl", "backend", "attn type", "alloc", "page map")
-    for col in (*columns, "status"):
-        table.add_column(col)
-    for report in merged["processes"]:
-        allocs = {a["id"]: a for a in report["allocations"]}
-        backends = {b["layer"]: b.get("backend") for b in report.get("bindings", [])}
-        for layer in report["layers"]:
-            alloc = allocs.get(layer["allocation"])
-            page_map = "-"
-            if alloc is not None:
-                declared = alloc.get("declared", {})
-                stated = layer["name"] in declared or "*" in declared
-                page_map = "declared" if stated else "inferred"
-            status = layer["status"]
-            style = {"ok": "green", "violation": "bold red"}.get(status, "yellow")
-            table.add_row(
-                _process_name(report),
-                str(report.get("mode", "?")),
-                layer["name"],
-                layer["impl"],
-                backends.get(layer["name"]) or "-",
-                layer["attn_type"],
-                "-" if layer["allocation"] is None else str(layer["allocation"]),
-                page_map,
-                Text(status + (f" ({layer['reason']})" if layer.get("reason") else ""), style),
-            )
-    return table
-
-
 def render(merged: dict[str, Any], console: Console) -> None:
-    console.print(summary_table(merged))
-    for report in merged["processes"]:
-        for v in report["violations"]:
-            console.print(
-                Text(
-                    f"{_process_name(report)}: {v['invariant']}: {v['layer']} vs {v['other']}",
-                    style="bold red",
-                )
-            )
-            console.print(layout_map(report, v))
-            console.print(Text(v["message"]))
+    """The merged report as text, at most 80 columns wide."""
+    print_lines(report_lines(merged["processes"]), console)
+
+
+def show(merged: dict[str, Any], svg: Path | None = None) -> None:
+    """`kvguard report DIR` text on stdout; with `svg`, the drawing too (.html: a page)."""
+    render(merged, Console(highlight=False, width=max(WIDTH, Console().width)))
+    if svg is not None:
+        from .svg import write_drawing
+
+        write_drawing(merged["processes"], str(svg))

@@ -1,107 +1,288 @@
-"""Pictures of a report: a rich table of layers and a layout map, in the terminal or as SVG.
+"""A report as an operator reads it, in at most 80 columns: per process, the layers grouped
+by what they are and how they fared; then one block per root cause of violation (the layers
+it covers, a per-block map, the full diagnostic of its first layer); `save_svg` draws it.
 
-The layout map puts the allocation's bytes on the x axis (one column per cell of bytes) and
-each layer's K and V footprints of blocks 0..k-1 on the rows; a cell is marked with the block
-id that addresses any of its bytes, and cells where a layer's block lands in another block's
-page are red. The top row names the block whose page starts each cell (last digit).
-It is drawn from the report's JSON alone, so merged reports of other processes render too.
+Everything is drawn from the report's JSON alone (no torch), so merged reports of other
+processes render too.
 """
 
 from __future__ import annotations
 
-import io
+import re
+import textwrap
+from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from .explain import short_impl
 from .footprint import ViewGeometry
-from .pagemap import PageMap
+from .records import LayerRecord, Violation
 
-MAP_COLUMNS = 64
+WIDTH = 80
 MAP_BLOCKS = 4
+STATUS_STYLE = {"ok": "green", "violation": "bold red", "fixed": "yellow", "pending": "cyan"}
 
 
-def layers_table(report: dict[str, Any]) -> Table:
-    table = Table(title=f"kvguard report (mode {report['mode']})")
-    for col in ("layer", "impl", "attn type", "alloc", "layout", "views", "status"):
-        table.add_column(col)
+# Layer names: model.layers.0.x, model.layers.1.x -> model.layers.{0-1}.x ------------------
+def _ranges(numbers: Iterable[int]) -> str:
+    out: list[str] = []
+    for n in sorted(set(numbers)):
+        if out and out[-1][1] == n - 1:
+            out[-1] = (out[-1][0], n)
+        else:
+            out.append((n, n))  # type: ignore[arg-type]
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)  # type: ignore[misc]
+
+
+def compress_names(names: list[str]) -> list[str]:
+    """Names that differ in one number become one pattern: `model.layers.{0-3,5}.attn`."""
+    if len(names) < 2:
+        return list(names)
+    split = [re.split(r"(\d+)", n) for n in names]
+    best: list[str] | None = None
+    for position in {i for parts in split for i in range(1, len(parts), 2)}:
+        groups: dict[tuple, list[int]] = {}
+        order: list[tuple] = []
+        for parts in split:
+            if position < len(parts):
+                key = (*parts[:position], None, *parts[position + 1 :])
+                number = int(parts[position])
+            else:
+                key, number = tuple(parts), -1
+            if key not in groups:
+                groups[key] = []
+                order.append(key)
+            groups[key].append(number)
+        if best is not None and len(order) >= len(best):
+            continue
+        best = []
+        for key in order:
+            numbers = groups[key]
+            if len(numbers) == 1 or None not in key:
+                best.extend("".join(p if p is not None else str(n) for p in key) for n in numbers)
+            else:
+                best.append("".join(p if p is not None else f"{{{_ranges(numbers)}}}" for p in key))
+    return best or list(names)
+
+
+def _wrap(text: str, indent: str = "", width: int = WIDTH) -> list[str]:
+    """Lines of at most `width` columns; continuation lines indented 4 more."""
+    out = []
+    for line in text.splitlines() or [""]:
+        lead = indent + line[: len(line) - len(line.lstrip())]
+        out += textwrap.wrap(
+            line.strip(),
+            width=width,
+            initial_indent=lead,
+            subsequent_indent=lead + "    ",
+            break_on_hyphens=False,
+        ) or [lead]
+    return out
+
+
+# The layers of one process -------------------------------------------------------------------
+def _process_name(report: dict[str, Any]) -> str:
+    proc = report.get("process", {})
+    rank = f" rank {proc['rank']}" if proc.get("rank") not in (None, "") else ""
+    host = proc.get("host", "")
+    return f"{host} pid {proc.get('pid', '?')}{rank}".strip()
+
+
+def _page_map_source(report: dict[str, Any], layer: dict[str, Any]) -> str:
+    for alloc in report["allocations"]:
+        if alloc["id"] == layer.get("allocation"):
+            declared = alloc.get("declared", {})
+            return "declared" if layer["name"] in declared or "*" in declared else "inferred"
+    return "-"
+
+
+def layer_lines(report: dict[str, Any]) -> list[Text]:
+    backends = {b["layer"]: b.get("backend") for b in report.get("bindings", [])}
+    groups: dict[tuple, list[str]] = {}
     for layer in report["layers"]:
-        views = "\n".join(
-            f"{r}: {tuple(v['shape'])} {tuple(v['stride'])} @{v['offset']} {v['dtype']}"
-            for r, v in zip(layer["roles"], layer["views"], strict=True)
-        )
-        status = layer["status"]
-        style = {"ok": "green", "violation": "bold red"}.get(status, "yellow")
-        table.add_row(
-            layer["name"],
-            layer["impl"],
+        backend = backends.get(layer["name"])
+        key = (
+            layer["status"],
+            short_impl(layer["impl"]) + (f" ({backend})" if backend else ""),
             layer["attn_type"],
-            str(layer["allocation"]),
-            layer["layout"] or "-",
-            views,
-            Text(status + (f" ({layer['reason']})" if layer.get("reason") else ""), style=style),
+            layer.get("allocation"),
+            _page_map_source(report, layer),
+            layer.get("reason"),
+            layer.get("fix_path"),
         )
-    return table
+        groups.setdefault(key, []).append(layer["name"])
+    lines = []
+    for (status, impl, attn, alloc, source, reason, fix_path), names in groups.items():
+        what = f"{impl}, {attn}"
+        if alloc is not None:
+            what += f", allocation #{alloc} ({source} page map)"
+        if fix_path:
+            what += f", {fix_path}"
+        if reason:
+            what += f": {reason}"
+        label = f"{len(names)} layer{'s' if len(names) > 1 else ''}"
+        for pattern in compress_names(names):
+            line = Text("  ")
+            line.append(f"{status:<10}", STATUS_STYLE.get(status, "yellow"))
+            line.append(f"{pattern}")
+            lines.append(line)
+        for part in _wrap(f"{label}: {what}", " " * 12):
+            lines.append(Text(part, "dim"))
+    return lines
 
 
-def layout_map(report: dict[str, Any], violation: dict[str, Any]) -> Text:
-    """Rows of K/V footprints of blocks 0..MAP_BLOCKS-1 for the two layers of a violation."""
-    layers = {rec["name"]: rec for rec in report["layers"]}
-    pm_json = violation.get("page_map")
-    pm = PageMap(**{**pm_json, "planes": tuple(pm_json["planes"])}) if pm_json else None
-    names = [n for n in (violation["other"], violation["layer"]) if n in layers]
-    rows: list[tuple[str, ViewGeometry, str]] = [
-        (name, ViewGeometry.from_json(v), role)
-        for name in names
-        for role, v in zip(layers[name]["roles"], layers[name]["views"], strict=True)
-    ]
-    if not rows:
-        return Text("(no views recorded)")
-    spans = [g.block_span(b) for _, g, _ in rows for b in range(min(MAP_BLOCKS, g.num_blocks))]
-    lo = min(s[0] for s in spans)
-    hi = max(s[1] for s in spans)
-    cell = max(1, -(-(hi - lo) // MAP_COLUMNS))
-    text = Text(f"layout map: bytes {lo}..{hi}, one column = {cell} bytes\n")
-    if pm is not None:
-        line = Text(f"{'page owner':>28} ")
-        for c in range(MAP_COLUMNS):
-            owner = pm.owner_of(lo + c * cell)
-            line.append(str(owner % 10) if owner is not None else ".", "dim")
-        text.append_text(line)
-        text.append("\n")
-    for name, g, role in rows:
-        line = Text(f"{(name[-24:] + ' ' + role):>28} ")
-        for c in range(MAP_COLUMNS):
-            byte = lo + c * cell
-            mark, style = ".", "dim"
-            for b in range(min(MAP_BLOCKS, g.num_blocks)):
-                s_lo, s_hi = g.block_span(b)
-                if s_lo < byte + cell and byte < s_hi:  # any overlap: narrow spans stay visible
-                    owner = pm.owner_of(max(byte, s_lo)) if pm else b
-                    k = pm.blocks_per_page(g) if pm else 1
-                    if style != "bold white on red":  # one colliding block marks the cell
-                        mark = str(b % 10)
-                        style = "bold white on red" if owner != b // k else "bold green"
-            line.append(mark, style)
-        text.append_text(line)
-        text.append("\n")
+def _allocation_lines(report: dict[str, Any]) -> list[Text]:
+    lines = []
+    for alloc in report["allocations"]:
+        declared = alloc.get("declared", {})
+        maps = f"{len(declared)} declared page map(s)" if declared else "page maps inferred"
+        freed = ", freed" if alloc.get("freed") else ""
+        lines.append(
+            Text(
+                f"  allocation #{alloc['id']}: {alloc['nbytes']} bytes on {alloc['device']}, "
+                f"{maps}{freed}",
+                "dim",
+            )
+        )
+    return lines
+
+
+# Violations by root cause ---------------------------------------------------------------------
+def causes(violations: list[Violation]) -> list[list[Violation]]:
+    """Violations grouped by root cause (`Violation.cause`), in first-seen order."""
+    groups: dict[tuple, list[Violation]] = {}
+    for v in violations:
+        groups.setdefault(v.cause(), []).append(v)
+    return list(groups.values())
+
+
+def _cell(g: ViewGeometry, block: int, pm) -> tuple[str, bool]:
+    lo, hi = g.block_span(block)
+    if pm is None:
+        return f"bytes {lo}", True
+    k = pm.blocks_per_page(g)
+    first, last = pm.owner_of(lo), pm.owner_of(hi - 1)
+    own = block // k
+    if first is None and last is None:
+        return "no page ✗", False
+    if first == last:
+        ok = first == own
+        return f"page {first} {'✓' if ok else '✗'}", ok
+    span = f"pages {first if first is not None else '-'}-{last if last is not None else '-'}"
+    return f"{span} ✗", False
+
+
+def block_map(report: dict[str, Any], violation: dict[str, Any] | Violation) -> Text:
+    """One column per block id (0..3): the page each view's block lands in, ✓ when it is the
+    block's own page, ✗ when it is another block's (or none)."""
+    v = violation if isinstance(violation, Violation) else Violation.from_json(violation)
+    pm = v.page_map
+    records: list[LayerRecord] = [v.layer] + ([v.other] if v.other else [])
+    text = Text()
+    source = pm.source if pm else "no page map"
+    for part in _wrap(f"per-block map: the page each block's bytes land in ({source})", "  "):
+        text.append(part + "\n", "dim")
+    blocks = min(MAP_BLOCKS, *(g.num_blocks for r in records for g in r.geometries))
+    role_width = max((len(view.role) for r in records for view in r.views), default=4)
+    role_width = min(role_width, 24)
+    header = " " * (8 + role_width) + "".join(f"{'block ' + str(b):<12}" for b in range(blocks))
+    text.append(header.rstrip() + "\n", "bold")
+    for record in records:
+        for part in _wrap(f"{record.name} ({short_impl(record.impl)})", "    "):
+            text.append(part + "\n")
+        for view in record.views:
+            text.append(f"      {view.role[:role_width]:<{role_width}}  ")
+            for b in range(blocks):
+                cell, ok = _cell(view.geometry, b, pm)
+                text.append(f"{cell:<12}", "green" if ok else "bold red")
+            text.append("\n")
+    text.rstrip()
     return text
 
 
+def violation_lines(group: list[Violation], report: dict[str, Any] | None = None) -> list[Text]:
+    first = group[0]
+    names = compress_names([v.layer.name for v in group])
+    head = Text(
+        f"{first.invariant}, {first.action}: {len(group)} layer{'s' if len(group) > 1 else ''}",
+        "bold red" if first.action != "fixed" else "bold yellow",
+    )
+    lines = [head]
+    for pattern in names:
+        lines += [Text(p) for p in _wrap(pattern, "  ")]
+    lines.append(block_map(report or {}, first))
+    lines += [Text(p) for p in _wrap(str(first))]
+    return lines
+
+
+# Whole reports ----------------------------------------------------------------------------------
+def _violations(report: dict[str, Any]) -> list[Violation]:
+    return [Violation.from_json(v) for v in report["violations"] if "layer_record" in v]
+
+
+def process_lines(report: dict[str, Any]) -> list[Text]:
+    mode = report.get("mode", "?")
+    lines = [Text(f"process {_process_name(report)}, mode {mode}", "bold")]
+    lines += _allocation_lines(report)
+    lines += layer_lines(report)
+    return lines
+
+
+def _plural(n: int, word: str) -> str:
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"
+
+
+def headline(reports: list[dict[str, Any]]) -> Text:
+    violations = [v for r in reports for v in _violations(r)]
+    fixed = sum(v.action == "fixed" for v in violations)
+    counts = (
+        f"{_plural(len(reports), 'process')}, "
+        f"{_plural(sum(len(r['layers']) for r in reports), 'layer')}, "
+        f"{_plural(sum(len(r['allocations']) for r in reports), 'allocation')}: "
+    )
+    if violations:
+        counts += f"{_plural(len(violations), 'violation')}, "
+        counts += _plural(len(causes(violations)), "root cause")
+        counts += f", {fixed} fixed" if fixed else ""
+    else:
+        counts += "no violation"
+    return Text(f"kvguard report: {counts}", "bold red" if len(violations) > fixed else "bold")
+
+
+def report_lines(reports: list[dict[str, Any]]) -> list[Text]:
+    lines = [*(Text(p, "bold") for p in _wrap(headline(reports).plain)), Text("")]
+    for report in reports:
+        lines += process_lines(report)
+        lines.append(Text(""))
+    all_groups = [(r, g) for r in reports for g in causes(_violations(r))]
+    for k, (report, group) in enumerate(all_groups, 1):
+        title = f"root cause {k} of {len(all_groups)}"
+        if len(reports) > 1:
+            title += f" (process {_process_name(report)})"
+        lines.append(Text(title, "bold"))
+        lines += violation_lines(group, report)
+        lines.append(Text(""))
+    return lines
+
+
+def print_lines(lines: list[Text], console: Console) -> None:
+    for line in lines:
+        console.print(line, soft_wrap=True, overflow="ignore", crop=False)
+
+
 def render_report(report: dict[str, Any], console: Console | None = None) -> Console:
-    """Print the layers table and a layout map per violation; returns the console used."""
-    console = console or Console()
-    console.print(layers_table(report))
-    for v in report["violations"]:
-        console.print(Text(f"{v['invariant']}: {v['layer']} vs {v['other']}", style="bold red"))
-        console.print(layout_map(report, v))
+    """Print one guard report (`Guard.report()`); returns the console used."""
+    console = console or Console(highlight=False)
+    print_lines(report_lines([report]), console)
     return console
 
 
 def save_svg(report: dict[str, Any], path: str) -> None:
-    """Render the report (table and layout maps) to an SVG file."""
-    console = Console(record=True, width=160, file=io.StringIO())
-    render_report(report, console)
-    console.save_svg(path, title="kvguard layout map")
+    """Draw one guard report as SVG (or as an HTML page holding the drawing and the text)."""
+    from .svg import write_drawing
+
+    write_drawing([report], path)

@@ -318,7 +318,7 @@ def test_report_is_json_and_renders_to_svg(tmp_path):
     console = Console(record=True, width=160)
     render_report(report, console)
     text = console.export_text()
-    assert "layout map" in text and "violation" in text
+    assert "per-block map" in text and "warned" in text
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

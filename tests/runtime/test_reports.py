@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from kvguard.runtime import Guard, KVLayoutMismatchError
 from kvguard.vllm.reports import ReportWriter
@@ -67,8 +68,8 @@ def test_report_is_written_at_exit_and_renders(tmp_path, kvguard):
     proc = kvguard("report", str(tmp_path / "r"))
 
     assert proc.returncode == 1, proc.stderr
-    assert "2 process(es)" in proc.stdout
-    assert proc.stdout.count("layout map") == 2
+    assert "2 processes" in proc.stdout
+    assert proc.stdout.count("per-block map") == 2
     assert "dec.0.cross_attn" in proc.stdout and "BlocksFirstImpl" in proc.stdout
     merged = json.loads(kvguard("report", str(tmp_path / "r"), "--format", "json").stdout)
     assert merged["totals"]["violations"] == 2
@@ -90,7 +91,7 @@ def test_clean_reports_exit_zero(tmp_path, kvguard):
     proc = kvguard("report", str(directory))
 
     assert proc.returncode == 0, proc.stderr
-    assert "0 violation(s)" in proc.stdout
+    assert "no violation" in proc.stdout
 
 
 def test_report_merging_needs_no_torch(tmp_path):
@@ -130,3 +131,125 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, kvguard, setup, expected):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], proc.stderr
     assert str(directory) in lines[0]
+
+
+# What an operator reads --------------------------------------------------------------------
+LAYERS = [f"model.layers.{i}.self_attn.attn" for i in (0, 1, 3, 4)]
+
+
+def _four_identical_violations(mode: str) -> Guard:
+    """Four layers in their own layer slots, each reading its blocks-first pages K/V-first."""
+    from .harness import BS, D, H, Layer, N, Seat
+
+    guard = Guard(mode)
+    classes = impl_classes()
+    for c in classes.values():
+        guard.wrap(c)
+    per = 2 * N * BS * H * D
+    raw = torch.zeros(len(LAYERS) * per)
+    page = 2 * BS * H * D * raw.element_size()
+    guard.declare_allocation(
+        raw,
+        page_bytes=page,
+        block_stride=page,
+        layer_stride=N * page,
+        layers=LAYERS,
+        num_blocks=N,
+    )
+    seats = [
+        Seat(
+            classes["KVFirstImpl"](),
+            Layer(name),
+            lambda r, i=i: r[i * per : (i + 1) * per].view(2, N, BS, H, D),
+            [0, 1, 2],
+        )
+        for i, name in enumerate(LAYERS)
+    ]
+    with contextlib.suppress(KVLayoutMismatchError):
+        for s in seats:
+            with contextlib.suppress(KVLayoutMismatchError):
+                run([s], raw)
+    return guard
+
+
+def _report_dir(tmp_path: Path, guard: Guard) -> Path:
+    directory = tmp_path / "r"
+    directory.mkdir(exist_ok=True)
+    (directory / "kvguard-host-1.json").write_text(json.dumps(guard.report()))
+    return directory
+
+
+@pytest.mark.parametrize("columns", ["80", "90"])
+def test_report_fits_80_columns_and_keeps_every_name_whole(tmp_path, kvguard, columns):
+    directory = _report_dir(tmp_path, _four_identical_violations("warn"))
+
+    proc = kvguard("report", str(directory), COLUMNS=columns)
+
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, max(lines, key=len)
+    assert "…" not in proc.stdout
+    assert "model.layers.{0-1,3-4}.self_attn.attn" in proc.stdout
+    assert "KVFirstImpl" in proc.stdout and "warned" in proc.stdout
+
+
+def test_identical_violations_print_one_block_with_their_layers(tmp_path, kvguard):
+    directory = _report_dir(tmp_path, _four_identical_violations("warn"))
+
+    out = kvguard("report", str(directory)).stdout
+
+    assert out.count("invariant violated") == 1, out
+    assert "1 root cause" in out and "4 layers" in out
+    assert len(out.splitlines()) <= 60, len(out.splitlines())
+
+
+def test_layout_map_has_one_column_per_block(tmp_path, kvguard):
+    from kvguard.runtime.render import block_map
+
+    report = _four_identical_violations("warn").report()
+    text = block_map(report, report["violations"][0]).plain
+    header = next(line for line in text.splitlines() if "block 0" in line)
+    assert all(f"block {b}" in header for b in range(4))
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith(" " * 6)}
+    # blocks-first pages read K/V-first: block b's K lands in page b/2, its V half an allocation on
+    assert rows["key_cache"].split()[1:4] == ["page", "0", "✓"]
+    assert "✗" in rows["key_cache"] and "✓" not in rows["value_cache"]
+
+
+def test_fix_mode_says_fixed_and_does_not_suggest_fix_mode(tmp_path, kvguard):
+    guard = _four_identical_violations("fix")
+    report = guard.report()
+    assert {r["status"] for r in report["layers"]} == {"fixed"}
+    message = report["violations"][0]["message"]
+    assert "KVGUARD_MODE=fix" not in message and 'mode="fix"' not in message
+    assert "re-strided" in message
+    out = kvguard("report", str(_report_dir(tmp_path, guard))).stdout
+    assert "fixed" in out and "run with" not in out
+    assert kvguard("report", str(_report_dir(tmp_path, guard))).returncode == 1  # still a bug
+
+
+def test_svg_is_a_drawing_of_pages_layers_and_collisions(tmp_path):
+    import io
+
+    import resvg_py
+    from PIL import Image
+
+    from kvguard.runtime.render import save_svg
+
+    path = tmp_path / "map.svg"
+    save_svg(_four_identical_violations("warn").report(), str(path))
+    svg = path.read_text()
+    assert svg.startswith("<svg") and 'class="page"' in svg and 'class="collision"' in svg
+    png = resvg_py.svg_to_bytes(svg_string=svg)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    colours = {c for _, c in image.getcolors(maxcolors=1 << 16)}
+    from kvguard.runtime.svg import COLLISION, layer_colour
+
+    assert _hex(COLLISION) in colours  # collisions are marked
+    assert _hex(layer_colour(0)) in colours and _hex(layer_colour(1)) in colours
+    assert image.width >= 600 and image.height >= 200
+
+
+def _hex(colour: str) -> tuple[int, int, int]:
+    colour = colour.lstrip("#")
+    return tuple(int(colour[i : i + 2], 16) for i in (0, 2, 4))
