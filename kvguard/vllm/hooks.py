@@ -32,6 +32,7 @@ from kvguard.runtime import Guard
 from kvguard.runtime.records import Violation
 
 from . import specs
+from .logs import guard_on_line, route_through_vllm, summary_line
 
 logger = logging.getLogger("kvguard")
 
@@ -57,19 +58,23 @@ def install(mode: str) -> Guard:
     with _lock:
         if "guard" in _state:
             return _state["guard"]
+        route_through_vllm()
         bindings: list[dict[str, Any]] = []
-        guard = Guard(mode, on_violation=_on_violation)
-        _state.update(guard=guard, bindings=bindings, writer=None)
+        # Inside vLLM errors reach clients (an HTTP response): they carry the one-line
+        # summary, the log and the report the full diagnostic.
+        guard = Guard(mode, on_violation=_on_violation, brief_errors=True)
+        _state.update(guard=guard, bindings=bindings, writer=None, announced=False)
         directory = os.environ.get("KVGUARD_REPORT")
         if directory:
             from .reports import start
 
             _state["writer"] = start(directory, guard, bindings)
+        _at_exit(_summarise)
     _share_errors_with_the_user()
     wrapped = _wrap_impl_classes(guard)
     after_import(RUNNER_MODULE, _hook_binding)
     after_import(V2_BINDING_MODULE, _hook_v2_binding)
-    logger.info("kvguard: guard on (mode %s), %d attention impl classes wrapped", mode, wrapped)
+    logger.debug("kvguard: mode %s, %d attention impl classes wrapped", mode, wrapped)
     return guard
 
 
@@ -80,12 +85,39 @@ def current_guard() -> Guard | None:
 def _on_violation(violation: Violation) -> None:
     if violation.action in ("raised", "refused"):
         # The exception travels through vLLM's engine core, which may report only a generic
-        # engine failure to the user: say it here too, in full, from the worker itself.
-        logger.error("%s", violation)
-        _leave_for_the_user(str(violation))
+        # engine failure to the user: leave the summary for the user's process to add.
+        _leave_for_the_user(violation.summary())
     writer = _state.get("writer")
     if writer is not None:
         writer.on_violation(violation)
+
+
+def _at_exit(callback: Callable[[], None]) -> None:
+    """Run `callback` once when this process ends: at interpreter exit, or (in a forked
+    multiprocessing child, which leaves through os._exit and skips atexit) at multiprocessing's
+    own exit hooks."""
+    done = threading.Event()
+
+    def once() -> None:
+        if not done.is_set():
+            done.set()
+            callback()
+
+    atexit.register(once)
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, once, exitpriority=100)
+
+
+def _summarise() -> None:
+    """One line at shutdown, from each process that held caches."""
+    guard = _state.get("guard")
+    if guard is None or not (guard.layers or _state.get("bindings")):
+        return
+    writer = _state.get("writer")
+    path = writer.write() if writer is not None else None
+    level, text = summary_line(guard, path)
+    logger.log(level, "%s", text)
 
 
 # 3. Errors that must reach the user's process --------------------------------------------
@@ -267,7 +299,8 @@ def on_caches_bound(context: Any, kv_cache_config: Any) -> None:
             bound[name] = kv
             if isinstance(target, str) and target:
                 sharing[name] = target
-    for declaration in specs.declarations(kv_cache_config, bound, sharing):
+    declarations = specs.declarations(kv_cache_config, bound, sharing)
+    for declaration in declarations:
         try:
             declaration.declare(guard)
         except (TypeError, ValueError) as exc:
@@ -277,6 +310,10 @@ def on_caches_bound(context: Any, kv_cache_config: Any) -> None:
                 exc,
             )
     _state["bindings"].extend(records)
+    if not _state.get("announced") and bound:
+        _state["announced"] = True
+        declared = sum(len(d.layers) for d in declarations)
+        logger.info("%s", guard_on_line(guard.mode, _state["bindings"], declared))
 
 
 def _geometry(kv: Any) -> dict[str, Any] | None:

@@ -1,14 +1,13 @@
-"""KVGUARD_REPORT=DIR: each process writes its guard report to DIR, at exit and at the first
+"""KVGUARD_REPORT=DIR: each process writes its guard report to DIR at exit and at each
 violation (a strict-mode engine core may be killed before it can exit cleanly).
 
-One `kvguard-<host>-<pid>.json` per process, written atomically (a temporary file in DIR,
+One `kvguard-<host>-<pid>.json` per process, rewritten atomically (a temporary file in DIR,
 then `os.replace`), so `kvguard report DIR` never reads half a file. The file is
 `Guard.report()` plus `process` (who wrote it) and `bindings` (what vLLM bound to each layer).
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -28,7 +27,6 @@ class ReportWriter:
         self.bindings = bindings
         self.path = os.path.join(directory, f"kvguard-{socket.gethostname()}-{os.getpid()}.json")
         self._lock = threading.Lock()
-        self._wrote_violation = False
 
     def process(self) -> dict[str, Any]:
         return {
@@ -55,10 +53,9 @@ class ReportWriter:
                 return None
         return self.path
 
-    def on_violation(self, _violation: dict[str, Any]) -> None:
-        if not self._wrote_violation:
-            self._wrote_violation = True
-            self.write()
+    def on_violation(self, _violation: Any) -> None:
+        """Written at each violation: a strict-mode engine core may die before its exit."""
+        self.write()
 
 
 def _rank() -> int | str | None:
@@ -73,6 +70,4 @@ def _rank() -> int | str | None:
 
 
 def start(directory: str, guard: Any, bindings: list[dict[str, Any]]) -> ReportWriter:
-    writer = ReportWriter(directory, guard, bindings)
-    atexit.register(writer.write)
-    return writer
+    return ReportWriter(directory, guard, bindings)  # hooks write it at exit

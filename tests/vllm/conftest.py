@@ -105,13 +105,15 @@ class EngineRun:
 
 @pytest.fixture(scope="session")
 def run_engine(models, torch_backend_site, tmp_path_factory):
-    """run_engine(kind, multiprocessing, mode=None, split=None, **env) -> EngineRun."""
+    """run_engine(kind, multiprocessing, mode=None, split=None, args=(), **env) -> EngineRun
+    (args go to engine_run.py: --compile, --warm-up SIZES)."""
 
     def run(
         kind: str,
         multiprocessing: bool,
         mode: str | None = None,
         split: str | None = None,
+        args: tuple[str, ...] = (),
         **extra_env: str,
     ) -> EngineRun:
         work = tmp_path_factory.mktemp(f"{kind}-{mode or 'off'}-{split or 'cpu'}")
@@ -133,7 +135,15 @@ def run_engine(models, torch_backend_site, tmp_path_factory):
             env["KVGUARD_TEST_SPLIT"] = split
         out = work / "result.json"
         proc = subprocess.run(
-            [sys.executable, "-m", "tests.vllm.engine_run", kind, str(models[kind]), str(out)],
+            [
+                sys.executable,
+                "-m",
+                "tests.vllm.engine_run",
+                kind,
+                str(models[kind]),
+                str(out),
+                *args,
+            ],
             cwd=REPO,
             env=env,
             capture_output=True,

@@ -1,12 +1,16 @@
 """Run one tiny offline vLLM engine and write its greedy outputs as JSON (run as a script).
 
     python -m tests.vllm.engine_run MODEL_KIND MODEL_DIR OUT_JSON [--rounds N] [--repeat R]
+        [--compile] [--warm-up SIZES]
 
 MODEL_KIND is llama, gemma3 or whisper; the model directory is built by `tiny_models.py`
 (config and seeded random weights). Everything that switches the guard on or off
 comes from the environment (KVGUARD_MODE, VLLM_PLUGINS, ...), exactly as a user sets it.
 The engine is created under `if __name__ == "__main__"` because vLLM spawns its processes.
 With --repeat R (the benchmark), one untimed warm-up generate is followed by R timed ones.
+--compile runs the model through torch.compile (vLLM's default; the tests otherwise run
+eager); --warm-up 1,2,4 runs vLLM's dummy forward passes for those sizes on the bound caches
+before the first request, as CUDA-graph capture does on a GPU (`warmup.py`).
 """
 
 from __future__ import annotations
@@ -53,13 +57,18 @@ def main(argv: list[str]) -> int:
     kind, model_dir, out = argv[:3]
     rounds = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 1
     repeat = int(argv[argv.index("--repeat") + 1]) if "--repeat" in argv else 0
+    warm_up = (
+        [int(n) for n in argv[argv.index("--warm-up") + 1].split(",")]
+        if "--warm-up" in argv
+        else []
+    )
     from vllm import LLM, SamplingParams
 
     kwargs = dict(
         model=model_dir,
         load_format="safetensors",
         skip_tokenizer_init=kind != "whisper",
-        enforce_eager=True,
+        enforce_eager="--compile" not in argv,
         max_model_len=128,
         max_num_seqs=4,
         max_num_batched_tokens=128,
@@ -69,9 +78,13 @@ def main(argv: list[str]) -> int:
     )
     if kind == "whisper":
         kwargs["limit_mm_per_prompt"] = {"audio": 1}
+    if warm_up:
+        kwargs["worker_extension_cls"] = "tests.vllm.warmup.CaptureLikeWarmUp"
     result: dict = {"ok": False}
     try:
         llm = LLM(**kwargs)
+        if warm_up:
+            llm.collective_rpc("kvguard_capture_like_warm_up", args=(warm_up,))
         params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
         requests = _requests(kind, model_dir, rounds)
         if repeat:

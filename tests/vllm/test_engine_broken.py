@@ -5,9 +5,9 @@ full-attention layers (three cache groups overlay one buffer), Whisper's cross-a
 beside the self-attention of the same decoder layer (the very same storage).
 
 Unguarded, the outputs differ from the correct backend's: the corruption is real. Strict
-raises KVLayoutMismatchError from the worker with the whole message; fix gives the correct
-backend's greedy outputs; warn logs once per broken layer and changes nothing. Multiprocessing
-on and off. Plus VLLM_PLUGINS allowlisting and `kvguard report`.
+stops the worker with a one-line KVLayoutMismatchError and logs the whole message; fix gives
+the correct backend's greedy outputs; warn logs once per broken layer and changes nothing.
+Multiprocessing on and off. Plus VLLM_PLUGINS allowlisting and `kvguard report`.
 """
 
 from __future__ import annotations
@@ -83,33 +83,46 @@ def test_unguarded_the_mixed_splits_corrupt_the_outputs(
     assert corrupted != correct
 
 
+def _logged(output: str, level: str, text: str) -> list[str]:
+    """Lines of `output` that vLLM's log format wrote: `(Process pid=N) LEVEL date [file:n]`."""
+    pattern = rf"^\(\w+ pid=\d+\) {level} [\d\- :]+\[[\w.]+:\d+\] {re.escape(text)}.*$"
+    return re.findall(pattern, output, flags=re.M)
+
+
 @KINDS
 @MULTIPROCESSING
-def test_strict_raises_from_the_worker_with_the_full_message(kind, multiprocessing, run_engine):
+def test_strict_stops_the_worker_with_a_short_error_and_logs_the_full_message(
+    kind, multiprocessing, run_engine
+):
     run = _broken_run(run_engine, kind, multiprocessing, "strict")
 
     assert not run.result["ok"]
     if multiprocessing:
         # the engine core dies and vLLM's client raises EngineDeadError, which the plugin in
-        # the user's process extends with what the worker left for it
+        # the user's process extends with the summary the worker left for it
         assert run.result["error_type"] == "EngineDeadError"
     else:
         assert run.result["error_type"] == "KVLayoutMismatchError"
         assert run.result["error_module"] == "kvguard.runtime.errors"
-    # the report written at the first violation holds the message the user must see in full
+    # the report written at the first violation holds the full diagnostic
     (report,) = run.reports
     wrong, _ = _split_layers(kind, report)
     violation = report["violations"][0]
     assert violation["layer"] in wrong
     assert violation["invariant"] == "containment"
+    assert violation["action"] == "raised"
     message = violation["message"]
     impl = {rec["name"]: rec["impl"] for rec in report["layers"]}[violation["layer"]]
     assert impl.endswith(("TorchPagedImpl", "CrossAttentionImpl"))  # ours, or vLLM's subclass
-    for needle in (f"impl {impl}", "first colliding block ids", "what to do", "KVGUARD_MODE=fix"):
+    for needle in ("first colliding block ids", "what to do", "KVGUARD_MODE=fix"):
         assert needle in message
+    # what reaches the user (and a server's clients) is the one-line summary: no addresses
+    assert violation["summary"] in run.result["error"]
+    assert "0x" not in run.result["error"].split("kvguard:", 1)[1]
+    # the full diagnostic is in the log, once, through vLLM's log format, at ERROR
+    assert len(_logged(run.output, "ERROR", message.splitlines()[0])) == 1
     for line in _message_lines(message):
-        assert line in run.result["error"], line
-        assert line in run.output, line  # also logged, at ERROR, by the worker
+        assert line in run.output, line
 
 
 @KINDS
@@ -122,10 +135,12 @@ def test_fix_gives_the_correct_backends_outputs(kind, multiprocessing, run_engin
     wrong, right = _split_layers(kind, report)
     layers = {rec["name"]: rec for rec in report["layers"]}
     for name in wrong:  # the guard stepped in on every wrong layer, and only there
-        assert layers[name]["status"] == "violation"
+        assert layers[name]["status"] == "fixed"
         assert layers[name]["fix_path"] in ("restride", "intercept")
-        logged = f"kvguard fix: re-striding the views below. kvguard: layer {name!r}"
-        assert run.output.count(logged) == 1
+        headline = f"kvguard: layer {name!r} and the page map its engine declared"
+        assert len(_logged(run.output, "WARNING", headline)) == 1
+    assert "kvguard fix " in run.output and "run with Guard" not in run.output
+    assert {v["action"] for v in report["violations"]} == {"fixed"}
     for name in right:
         assert layers[name]["status"] == "ok"
 
@@ -142,9 +157,11 @@ def test_warn_logs_once_per_layer_and_changes_nothing(kind, multiprocessing, run
     (report,) = run.reports
     wrong, _ = _split_layers(kind, report)
     for name in wrong:
-        pattern = rf"^kvguard: layer {re.escape(repr(name))} and the page map"
-        assert len(re.findall(pattern, run.output, flags=re.M)) == 1, name
+        headline = f"kvguard: layer {name!r} and the page map"
+        assert len(_logged(run.output, "WARNING", headline)) == 1, name
     assert sorted(v["layer"] for v in report["violations"]) == wrong
+    # nothing of kvguard's reached Python's last-resort handler, unformatted
+    assert not re.findall(r"^kvguard: ", run.output, flags=re.M)
 
 
 def test_plugin_left_out_of_vllm_plugins_wraps_nothing(run_engine, reference):
@@ -169,6 +186,7 @@ def test_kvguard_report_renders_the_engine_reports(run_engine):
         timeout=120,
     )
     assert cli.returncode == 1, cli.stderr
-    assert "layout map" in cli.stdout
+    assert "per-block map" in cli.stdout
     assert "TorchPagedImpl" in cli.stdout
     assert "containment" in cli.stdout
+    assert max(len(line) for line in cli.stdout.splitlines()) <= 80

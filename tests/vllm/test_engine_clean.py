@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from .test_engine_broken import _logged
+
 MODELS = ["llama", "gemma3", "whisper"]
 MULTIPROCESSING = pytest.mark.parametrize("multiprocessing", [False, True], ids=["mp-off", "mp-on"])
 
@@ -32,6 +34,12 @@ def test_strict_run_is_clean_and_unchanged(kind, multiprocessing, run_engine, pl
         assert layers[b["layer"]]["allocation"] == alloc["id"]
     assert len({b["kv_cache"]["storage_ptr"] for b in bound}) == 1  # one buffer, all layers
     _model_structure(kind, bound, allocations)
+    # through vLLM's log format: one line when the caches are bound, one at shutdown
+    on = _logged(run.output, "INFO", f"kvguard: guard on (mode strict): {len(bound)} attention")
+    assert len(on) == 1, run.output[-3000:]
+    done = _logged(run.output, "INFO", "kvguard: summary (mode strict): ")
+    assert len(done) == 1, run.output[-3000:]
+    assert f"{len(report['layers'])} layers: " in done[0]
 
 
 def _model_structure(kind: str, bound: list[dict], allocations: dict) -> None:

@@ -13,7 +13,9 @@ chooses which layers read their cache with the wrong split:
 - "kv_first_sliding": only the sliding-window layers (Gemma3) read K/V-first, while the
   full-attention layers whose caches overlay the same bytes read them packed;
 - "kv_first_cross": only cross-attention (Whisper) reads K/V-first, beside self-attention of
-  the same decoder layer, which vLLM binds to the very same bytes.
+  the same decoder layer, which vLLM binds to the very same bytes;
+- "kv_first_sliding_forward": as "kv_first_sliding", but only `forward` reads K/V-first; the
+  cache update writes packed, correctly (only a judgement of `forward` can catch it).
 
 In the last two, a wrong layer's blocks land in pages the other layers own: outputs change.
 Encoder self-attention never touches the paged cache and runs vLLM's own CPU kernel.
@@ -34,17 +36,21 @@ ENCODER_TYPES = ("encoder", "encoder_only")
 class TorchPagedImpl(CPUAttentionBackendImpl):
     """Writes and reads the paged cache with torch indexing; `_split_kv_cache` picks the bytes."""
 
-    def _reads_kv_first(self) -> bool:
+    def _reads_kv_first(self, method: str) -> bool:
         split = os.environ.get(SPLIT_ENV)
         if split == "kv_first_sliding":
             return self.sliding_window > 0
+        if split == "kv_first_sliding_forward":
+            return self.sliding_window > 0 and method == "forward"
         if split == "kv_first_cross":
             return self.attn_type == "encoder_decoder"
         return split == "kv_first"
 
-    def _split_kv_cache(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _split_kv_cache(
+        self, kv_cache: torch.Tensor, method: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n, h, bs, c = kv_cache.shape
-        if self._reads_kv_first():
+        if self._reads_kv_first(method):
             key_cache, value_cache = kv_cache.view(2, n, h, bs, c // 2).unbind(0)
             return key_cache, value_cache
         return kv_cache[..., : c // 2], kv_cache[..., c // 2 :]
@@ -52,7 +58,7 @@ class TorchPagedImpl(CPUAttentionBackendImpl):
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
         if self.attn_type in ENCODER_TYPES:
             return
-        key_cache, value_cache = self._split_kv_cache(kv_cache)
+        key_cache, value_cache = self._split_kv_cache(kv_cache, "do_kv_cache_update")
         block_size = key_cache.shape[2]
         slots = slot_mapping[: key.shape[0]]
         keep = slots >= 0
@@ -77,7 +83,7 @@ class TorchPagedImpl(CPUAttentionBackendImpl):
             return output
         if self.attn_type in ENCODER_TYPES:
             return super().forward(layer, query, key, value, kv_cache, attn_metadata, output)
-        key_cache, value_cache = self._split_kv_cache(kv_cache)
+        key_cache, value_cache = self._split_kv_cache(kv_cache, "forward")
         block_size = key_cache.shape[2]
         starts = attn_metadata.query_start_loc.tolist()
         for i, seq_len in enumerate(attn_metadata.seq_lens.tolist()):

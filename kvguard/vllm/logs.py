@@ -1,0 +1,65 @@
+"""kvguard's log records inside vLLM go where vLLM's own go.
+
+vLLM configures the `vllm` logger (handler, format with process name and source line,
+level from VLLM_LOGGING_LEVEL, or the user's VLLM_LOGGING_CONFIG_PATH) and may configure it
+again in each process it starts. The `kvguard` logger has no handler of its own, so without
+this its warnings would reach Python's last-resort handler, unformatted, in the middle of
+vLLM's progress bars. `route_through_vllm()` gives it one handler that hands each record to
+whatever the `vllm` logger has at that moment (looked up per record, so later
+reconfigurations are followed), honouring that logger's level.
+"""
+
+from __future__ import annotations
+
+import logging
+
+KVGUARD_LOGGER = "kvguard"
+VLLM_LOGGER = "vllm"
+
+
+class _ThroughVllm(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        target = logging.getLogger(VLLM_LOGGER)
+        if target.isEnabledFor(record.levelno):
+            target.handle(record)
+
+
+def route_through_vllm() -> logging.Logger:
+    """Send the `kvguard` logger's records through vLLM's logging configuration (idempotent)."""
+    logger = logging.getLogger(KVGUARD_LOGGER)
+    if not any(isinstance(h, _ThroughVllm) for h in logger.handlers):
+        logger.addHandler(_ThroughVllm())
+    logger.propagate = False  # vLLM's handler prints it; the root logger must not again
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.DEBUG)  # the `vllm` logger's level decides, per record
+    return logger
+
+
+def guard_on_line(mode: str, bindings: list[dict], declared: int) -> str:
+    """The one INFO line a process that holds caches writes once they are bound."""
+    bound = [b for b in bindings if b.get("kv_cache") is not None]
+    storages = {b["kv_cache"]["storage_ptr"] for b in bound}
+    return (
+        f"kvguard: guard on (mode {mode}): {len(bound)} attention layers guarded on "
+        f"{len(storages)} KV-cache allocation(s); page maps declared by vLLM for {declared}, "
+        f"inferred for {len(bound) - declared}"
+    )
+
+
+def summary_line(guard, report_path: str | None) -> tuple[int, str]:
+    """(level, text) of the one line a process writes at shutdown."""
+    from kvguard.runtime.render import causes
+
+    layers = guard.layers
+    counts: dict[str, int] = {}
+    for record in layers:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    violations = guard.violations
+    parts = [f"{n} {status}" for status, n in sorted(counts.items())]
+    text = f"kvguard: summary (mode {guard.mode}): {len(layers)} layers: {', '.join(parts)}"
+    if violations:
+        text += f"; {len(violations)} violation(s), {len(causes(violations))} root cause(s)"
+    if report_path:
+        text += f"; report {report_path} (kvguard report {report_path.rsplit('/', 1)[0]})"
+    unrepaired = any(v.action != "fixed" for v in violations)
+    return (logging.WARNING if unrepaired else logging.INFO), text
