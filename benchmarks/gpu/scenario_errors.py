@@ -1,6 +1,6 @@
 """Relative error ||out - ref|| / ||ref|| against a float32 torch SDPA reference, per layer, for
 scenarios 1 and 2 on vLLM's Triton kernels: unguarded, correctly configured, and guarded in fix
-mode (after the harness's warm-up workaround, see tests/gpu/harness.py Seat.discover).
+mode (after vLLM-like warm-up: one dummy run per capture size, see Seat.warm_up).
 
     PYTHONPATH=. python benchmarks/gpu/scenario_errors.py
 """
@@ -27,8 +27,7 @@ def main() -> None:
             seats, raw = build(classes, default_sizes(), correct=correct)
             if mode:
                 for s in seats:
-                    s.discover(s.make_view(raw))
-                raw.zero_()
+                    s.warm_up(s.make_view(raw), 67)
             outs = run(seats, raw)
             errors = " ".join(
                 f"{s.layer.layer_name}={rel_error(o, s.reference()):.3e}"

@@ -8,7 +8,6 @@ for small decode batches); only their `_split_kv_cache` differs, which is the po
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +17,6 @@ from tests.runtime.harness import split_like_vllm_0_23
 
 from .vllm_kernels import Kernels, load
 
-PAD_SLOT = -1  # vLLM's PAD_SLOT_ID: the cache writer skips such tokens
 MIN_LAUNCH_GRID_SIZE_2D = 128  # as vLLM's Triton backend: fewer seqs than this/heads -> 3D
 NUM_PAR_SOFTMAX_SEGMENTS = 16
 
@@ -136,6 +134,8 @@ def impl_classes(kernels: Kernels | None = None) -> dict[str, type]:
             raise NotImplementedError
 
         def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping):
+            if slot_mapping is None:  # vLLM's dummy runs: no slots, no write
+                return
             key_cache, value_cache = self._split_kv_cache(kv_cache)
             kernels.reshape_and_cache_flash(
                 key,
@@ -149,6 +149,8 @@ def impl_classes(kernels: Kernels | None = None) -> dict[str, type]:
             )
 
         def forward(self, layer, query, key, value, kv_cache, attn_metadata, output):
+            if attn_metadata is None:  # warm-up and piecewise capture, as vLLM's backends
+                return output
             key_cache, value_cache = self._split_kv_cache(kv_cache)
             m = attn_metadata
             descale_shape = (m.query_start_loc.shape[0] - 1, key_cache.shape[2])
@@ -296,28 +298,26 @@ class Seat:
             self.layer, self.query, self.new_key, self.new_value, kv, self.meta, self.output
         )
 
-    def discover(self, kv: torch.Tensor) -> None:
-        """The guard's first sight on padding work, as an engine's warm-up would give it:
-        nothing is written (pad slots) and block 0 alone is read into a scratch output.
-
-        Workaround: in fix mode the guard re-strides a Python-launched Triton kernel's
-        views only from the second call on (see gpu-patches/0001)."""
-        s, dev = self.sizes, device()
-        key = torch.zeros(1, s.kv_heads, s.head_size, dtype=s.dtype, device=dev)
-        self.impl.do_kv_cache_update(
-            self.layer, key, key, kv, torch.full((1,), PAD_SLOT, dtype=torch.int64, device=dev)
-        )
-        one = torch.tensor([0, 1], dtype=torch.int32, device=dev)
-        meta = dataclasses.replace(
-            self.meta,
-            query_start_loc=one,
-            seq_lens=one[1:],
-            max_query_len=1,
-            max_seq_len=1,
-            block_table=torch.zeros(1, 1, dtype=torch.int32, device=dev),
-        )
-        q = torch.zeros(1, s.q_heads, s.head_size, dtype=s.dtype, device=dev)
-        self.impl.forward(self.layer, q, key, key, kv, meta, torch.empty_like(q))
+    def warm_up(self, kv: torch.Tensor, sizes: int, capture: bool = False) -> None:
+        """What vLLM's warm-up and CUDA-graph capture hand a layer before any real step: one
+        dummy run per size, with no slots and no metadata (the impl returns early). With
+        `capture`, as in piecewise capture: each dummy attention call sits between captured
+        graph pieces, and one more runs inside an active capture (no sync may happen there).
+        """
+        piece = torch.zeros(8, device=kv.device)
+        for _ in range(sizes):
+            if capture:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    piece.add_(1.0)
+                    self.impl.do_kv_cache_update(self.layer, self.new_key, self.new_value, kv, None)
+                    self.impl.forward(
+                        self.layer, self.query, self.new_key, self.new_value, kv, None, self.output
+                    )
+            self.impl.do_kv_cache_update(self.layer, self.new_key, self.new_value, kv, None)
+            self.impl.forward(
+                self.layer, self.query, self.new_key, self.new_value, kv, None, self.output
+            )
 
     def reference(self) -> torch.Tensor:
         """torch SDPA in float32 over this layer's own K/V, gathered per sequence."""

@@ -84,9 +84,6 @@ def test_strict_raises_at_the_triton_launch_before_it_runs(name):
 def test_fix_matches_reference_and_correct_run_bit_for_bit(name, caplog):
     guard, classes = _guarded("fix")
     seats, raw = SCENARIOS[name](classes, default_sizes())
-    for s in seats:
-        s.discover(s.make_view(raw))  # harness workaround, see Seat.discover
-    raw.zero_()
     with caplog.at_level(logging.WARNING, logger="kvguard"):
         outs = run(seats, raw)
     assert max(_errors(seats, outs)) < BF16_TOL, _errors(seats, outs)
@@ -115,3 +112,28 @@ def test_fix_is_right_from_the_very_first_call(name):
     seats, raw = SCENARIOS[name](classes, default_sizes())
     errors = _errors(seats, run(seats, raw))
     assert max(errors) < BF16_TOL, errors
+
+
+@pytest.mark.parametrize("mode", ["strict", "fix"])
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_warm_up_never_settles_a_layer(name, mode):
+    """Dummy runs without metadata (vLLM's warm-up, one per capture size) precede the first
+    real step: strict still stops the wrong layer before any launch, fix is still right."""
+    kernels = load()
+    guard, classes = _guarded(mode)
+    seats, raw = SCENARIOS[name](classes, default_sizes())
+    for s in seats:
+        s.warm_up(s.make_view(raw), 67)
+    assert guard.discoveries == 0
+    if mode == "strict":
+        first, second = seats
+        first.write_history(first.make_view(raw))
+        launches = kernels.launches()
+        with pytest.raises(KVLayoutMismatchError):
+            second.write_history(second.make_view(raw))
+        assert kernels.launches() == launches
+    else:
+        errors = _errors(seats, run(seats, raw))
+        assert max(errors) < BF16_TOL, errors
+    judged = {layer["name"]: layer for layer in guard.report()["layers"]}
+    assert judged[seats[1].layer.layer_name]["untouched_calls"] >= 2 * 67
