@@ -44,6 +44,10 @@ _EXPORTS = {
     "UnsupportedView": "errors",
     **{name: "records" for name in ("Collision", "LayerRecord", "ViewRecord", "Violation")},
     **{
+        name: "describe"
+        for name in ("KVCacheDescription", "UndescribedKVCache", "describe_kv_cache")
+    },
+    **{
         name: "layouts"
         for name in (
             "BLOCKS_FIRST",
@@ -61,6 +65,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from .describe import KVCacheDescription, UndescribedKVCache, describe_kv_cache
     from .errors import KVLayoutMismatchError, UnsupportedView
     from .guard import Guard
     from .layouts import (
@@ -99,11 +104,14 @@ __all__ = [
     "PACKED_NHD",
     "Collision",
     "Guard",
+    "KVCacheDescription",
     "KVLayout",
     "KVLayoutMismatchError",
     "LayerRecord",
+    "UndescribedKVCache",
     "UnsupportedView",
     "ViewRecord",
     "Violation",
+    "describe_kv_cache",
     "split_kv_cache",
 ]

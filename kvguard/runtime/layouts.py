@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .describe import KVCacheDescription
+
 
 @dataclass(frozen=True)
 class KVLayout:
@@ -76,13 +78,17 @@ LAYOUTS: dict[str, KVLayout] = {
 
 
 def split_kv_cache(
-    kv_cache: torch.Tensor, layout: KVLayout | str
+    kv_cache: torch.Tensor, layout: KVLayout | str | KVCacheDescription
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a layer's cache into (key_cache, value_cache) views, block axis first.
 
+    `layout` is a named layout, or the `KVCacheDescription` its engine declared
+    (`describe_kv_cache(kv_cache)`), whose split gives (blocks, tokens, heads, head_size).
     Pure view ops: no copy, no device work. Raises ValueError naming the expected shape when
     `kv_cache` does not fit `layout`.
     """
+    if isinstance(layout, KVCacheDescription):
+        return layout.split(kv_cache)
     if isinstance(layout, str):
         if layout not in LAYOUTS:
             raise ValueError(f"unknown KV layout {layout!r}; known: {', '.join(LAYOUTS)}")

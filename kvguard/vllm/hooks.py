@@ -299,6 +299,7 @@ def on_caches_bound(context: Any, kv_cache_config: Any) -> None:
             bound[name] = kv
             if isinstance(target, str) and target:
                 sharing[name] = target
+    _describe(bound, context, kv_cache_config)
     declarations = specs.declarations(kv_cache_config, bound, sharing)
     for declaration in declarations:
         try:
@@ -314,6 +315,28 @@ def on_caches_bound(context: Any, kv_cache_config: Any) -> None:
         _state["announced"] = True
         declared = sum(len(d.layers) for d in declarations)
         logger.info("%s", guard_on_line(guard.mode, _state["bindings"], declared))
+
+
+def _describe(bound: dict[str, Any], context: dict, kv_cache_config: Any) -> None:
+    """Register what vLLM declares about each bound cache, for describe_kv_cache()."""
+    from kvguard.runtime.describe import register
+
+    for name, kv in bound.items():
+        spec = specs._spec_of(kv_cache_config, name)
+        backend = specs.backend_class(context[name])
+        # asked when a connector needs it: by then the guard has seen the layer's kernels
+        register(kv, functools.partial(_resolve, name, kv, spec, backend), layer=name)
+
+
+def _resolve(name: str, kv: Any, spec: Any, backend: Any):
+    from .describe import describe
+
+    guard = _state.get("guard")
+    record = next((r for r in guard.layers if r.name == name), None) if guard else None
+    observed = None
+    if record is not None and record.status == "ok":
+        observed = {v.kind: v.geometry for v in record.views if v.kind in ("K", "V")}
+    return describe(name, kv, spec, backend, observed)
 
 
 def _geometry(kv: Any) -> dict[str, Any] | None:

@@ -234,14 +234,20 @@ def _num_blocks(kv_cache_config: Any, tensor: Any) -> int | None:
     return n if isinstance(n, int) and n > 0 else None
 
 
-def backend_name(layer: Any) -> str | None:
-    """The attention backend's name for a vLLM attention layer, if it says."""
+def backend_class(layer: Any) -> type | None:
+    """The attention backend class of a vLLM attention layer, if it says."""
     backend = getattr(layer, "attn_backend", None)
     if backend is None and callable(getattr(layer, "get_attn_backend", None)):
         try:
             backend = layer.get_attn_backend()
         except Exception:
             backend = None
+    return backend
+
+
+def backend_name(layer: Any) -> str | None:
+    """The attention backend's name for a vLLM attention layer, if it says."""
+    backend = backend_class(layer)
     if backend is None:
         return None
     try:
