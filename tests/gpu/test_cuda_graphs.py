@@ -79,4 +79,4 @@ def test_guarded_decode_step_captured_and_replayed(mode, batch):
         assert report["violations"] == []
     else:
         cross = {layer["name"]: layer for layer in report["layers"]}["dec.0.cross_attn"]
-        assert cross["status"] == "violation" and cross["fix_path"] == "restride"
+        assert cross["status"] == "fixed" and cross["fix_path"] == "restride"
