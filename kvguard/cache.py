@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvguard.findings import FileError, Finding
+from kvguard.findings import FileError, Finding, Notice
 from kvguard.lint.facts import FileFacts
 
 
@@ -27,6 +27,7 @@ class Entry:
     error: FileError | None
     index_key: str = ""  # the project index the findings were computed against
     findings: tuple[Finding, ...] | None = None
+    notices: tuple[Notice, ...] = ()  # warnings about its suppression comments
 
 
 def cache_dir() -> Path:

@@ -51,6 +51,10 @@ class ProjectIndex:
     backend_bases: tuple[str, ...] = ()
     # per file: local name -> (module path stem, imported name), from ``FileFacts.imports``
     imports: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    _divergences: list[Divergence] | None = field(default=None, repr=False, compare=False)
+    _divergences_by_path: dict[str, list[Divergence]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def build(
@@ -165,7 +169,22 @@ class ProjectIndex:
                 return None if UNKNOWN in packing else packing
         return None
 
-    def divergences(self) -> Iterator[Divergence]:
+    def divergences(self) -> list[Divergence]:
+        """``find_divergences``, computed once per index: each file's KVG003 asks for its
+        own, and asking the whole project again per file would cost files x classes."""
+        if self._divergences is None:
+            self._divergences = list(self.find_divergences())
+        return self._divergences
+
+    def divergences_in(self, path: str) -> list[Divergence]:
+        if self._divergences_by_path is None:
+            grouped: dict[str, list[Divergence]] = {}
+            for div in self.divergences():
+                grouped.setdefault(div.backend.path, []).append(div)
+            self._divergences_by_path = grouped
+        return self._divergences_by_path.get(path, [])
+
+    def find_divergences(self) -> Iterator[Divergence]:
         """Backends that declare a layout disjoint from a base's and take ENCODER_DECODER.
 
         With vLLM 0.28+ layouts, two backends agree only if they share a layout *and* a
