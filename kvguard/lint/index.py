@@ -52,6 +52,9 @@ class ProjectIndex:
     # per file: local name -> (module path stem, imported name), from ``FileFacts.imports``
     imports: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
     _divergences: list[Divergence] | None = field(default=None, repr=False, compare=False)
+    _backends_by_impl: dict[str, list[ClassFacts]] | None = field(
+        default=None, repr=False, compare=False
+    )
     _divergences_by_path: dict[str, list[Divergence]] | None = field(
         default=None, repr=False, compare=False
     )
@@ -135,11 +138,17 @@ class ProjectIndex:
 
     def backends_of_impl(self, impl: ClassFacts) -> list[ClassFacts]:
         """Backends whose get_impl_cls returns this impl class (directly or via a subclass)."""
+        if self._backends_by_impl is None:  # once per index: asking per class costs n^2
+            linking: dict[str, list[ClassFacts]] = {}
+            for group in self.by_name.values():
+                for backend in group:
+                    for name in dict.fromkeys(backend.impl_names):
+                        linking.setdefault(name, []).append(backend)
+            self._backends_by_impl = linking
         return [
             backend
-            for group in self.by_name.values()
-            for backend in group
-            if impl.name in backend.impl_names and self.lookup(impl.name, near=backend.path) is impl
+            for backend in self._backends_by_impl.get(impl.name, ())
+            if self.lookup(impl.name, near=backend.path) is impl
         ]
 
     def impl_layout(self, impl_name: str, near: str) -> tuple[ClassFacts, LayoutDecl] | None:
