@@ -101,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
         "--unsafe-fixes", action="store_true", help="also apply (or show) unsafe fixes"
     )
     check.add_argument(
-        "--show-fixes", action="store_true", help="list the fixes applied (or fixable), per file"
+        "--show-fixes",
+        action="store_true",
+        help="with --fix or --diff: list the fixes per file and rule",
     )
 
     rule = sub.add_parser("rule", help="print a rule's documentation")
