@@ -55,9 +55,6 @@ class ProjectIndex:
     _backends_by_impl: dict[str, list[ClassFacts]] | None = field(
         default=None, repr=False, compare=False
     )
-    _divergences_by_path: dict[str, list[Divergence]] | None = field(
-        default=None, repr=False, compare=False
-    )
 
     @classmethod
     def build(
@@ -184,14 +181,6 @@ class ProjectIndex:
         if self._divergences is None:
             self._divergences = list(self.find_divergences())
         return self._divergences
-
-    def divergences_in(self, path: str) -> list[Divergence]:
-        if self._divergences_by_path is None:
-            grouped: dict[str, list[Divergence]] = {}
-            for div in self.divergences():
-                grouped.setdefault(div.backend.path, []).append(div)
-            self._divergences_by_path = grouped
-        return self._divergences_by_path.get(path, [])
 
     def find_divergences(self) -> Iterator[Divergence]:
         """Backends that declare a layout disjoint from a base's and take ENCODER_DECODER.

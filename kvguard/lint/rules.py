@@ -118,7 +118,9 @@ def split_contradicts_layout(model: FileModel, index: ProjectIndex) -> Iterator[
 @rule("KVG003")
 def layout_diverges_from_base(model: FileModel, index: ProjectIndex) -> Iterator[Report]:
     """KVG003: a backend declares a K/V arrangement its base backend does not share."""
-    for div in index.divergences_in(model.path):
+    for div in index.divergences():
+        if div.backend.path != model.path:
+            continue
         cls = model.class_def(div.backend.name)
         if cls is None:
             continue
