@@ -9,7 +9,8 @@ Scenarios (each generated under a temporary directory, checked with --no-cache):
   files (their class names made unique per copy, as in a real project), the rest small
   modules that use a KV-cache name without splitting it;
 - ``findings``: one generated file with a raw split (one KVG001 finding) every four lines;
-- ``diff``: ``--diff`` on that file (every finding has a fix).
+- ``diff``: ``--diff --unsafe-fixes`` on that file (each finding has a fix: the runtime
+  splitter, as the splits are in functions outside classes).
 
 For each size it prints wall and CPU seconds (user + system of kvguard and its workers, the
 run with the least CPU of --repeat), microseconds of CPU per file and per finding, and the
@@ -124,7 +125,8 @@ def main() -> int:
                     make_flat(folder, size, backends)
                 else:
                     make_findings(folder, size)
-                flags = ["--diff", "."] if scenario == "diff" else ["--output-format", "json", "."]
+                diff = ["--diff", "--unsafe-fixes", "."]  # functions: the runtime-splitter fix
+                flags = diff if scenario == "diff" else ["--output-format", "json", "."]
                 wall, cpu, data = timed(flags, folder, args.repeat)
                 files = data.get("summary", {}).get("files", size if scenario == "flat" else 1)
                 findings = data.get("summary", {}).get("findings", size // 4)

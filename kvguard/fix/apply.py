@@ -10,7 +10,6 @@ before any is written; each write is atomic and checks that the file did not cha
 from __future__ import annotations
 
 import ast
-import difflib
 from dataclasses import dataclass, field, replace
 
 import libcst as cst
@@ -28,6 +27,7 @@ from kvguard.lint.index import ProjectIndex
 from kvguard.lint.positions import PositionWrapper
 from kvguard.lint.views import same_views
 from kvguard.suppression import is_suppressed, line_suppressions
+from kvguard.textdiff import unified_diff
 
 
 @dataclass
@@ -43,13 +43,11 @@ class FileFix:
         return len(self.before) - len(self.after)
 
     def diff(self) -> str:
-        return "".join(
-            difflib.unified_diff(
-                self.source.text.splitlines(keepends=True),
-                self.new_text.splitlines(keepends=True),
-                fromfile=f"a/{self.display}",
-                tofile=f"b/{self.display}",
-            )
+        return unified_diff(  # linear in the file, unlike difflib's
+            self.source.text.splitlines(keepends=True),
+            self.new_text.splitlines(keepends=True),
+            fromfile=f"a/{self.display}",
+            tofile=f"b/{self.display}",
         )
 
 
