@@ -381,3 +381,17 @@ def test_show_fixes_and_exit_non_zero_on_fix(kvguard, tmp_path: Path) -> None:
     strict = kvguard("check", "--fix", "--exit-non-zero-on-fix", "impl.py")
     assert strict.returncode == 1, strict.stdout
     assert kvguard("check", "--fix", "--exit-non-zero-on-fix", "impl.py").returncode == 0
+
+
+@pytest.mark.vllm_sources
+def test_messages_on_vllm_are_single_short_lines(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from kvguard.config import Config
+    from kvguard.engine import check
+    from tests.vllm_sources import vllm_tree
+
+    monkeypatch.chdir(vllm_tree("0.33.0"))
+    findings = check(["vllm"], Config(), use_cache=False).findings
+    assert findings
+    for f in findings:
+        assert "\n" not in f.message and len(f.message) <= 120, f.message
+        assert f.explanation
