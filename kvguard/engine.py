@@ -26,6 +26,7 @@ import ast
 import hashlib
 import os
 import pickle
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
 from kvguard import __version__
-from kvguard.cache import Entry, cache_file, content_hash, load, save
+from kvguard.cache import Entry, Stamp, Store, cache_file, content_hash
 from kvguard.config import Config
 from kvguard.deep import MAX_NESTING, TooDeep, check_nesting, run_deep
 from kvguard.files import Discovery, SourceError, SourceFile, Walking, discover, read_source
@@ -146,8 +147,8 @@ class Scanned:
     """What stage 3 learned of one file."""
 
     real: str
-    mtime_ns: int
-    size: int
+    stamp: Stamp
+    seen_ns: int  # wall-clock time taken before the stat (see cache.Stamp.proves)
     digest: str  # content hash ("" without a cache)
     facts: FileFacts | None
     error: FileError | None
@@ -156,7 +157,7 @@ class Scanned:
 
     @classmethod
     def failed(cls, real: str, error: FileError) -> Scanned:
-        return cls(real, 0, 0, "", None, error)
+        return cls(real, Stamp.unread(), 0, "", None, error)
 
 
 # -- stage 5: lint ----------------------------------------------------------------------
@@ -407,27 +408,26 @@ def scan_file(
     names = kv_names(config)
 
     def work(deep: bool) -> Scanned:
-        mtime = size = 0
+        stamp, seen = Stamp.unread(), time.time_ns()  # seen: before the stat
         data = b""
         source = text
         if source is None:
             try:
-                stat = os.stat(real)
+                stamp = Stamp.of(os.stat(real))
             except OSError as exc:
                 raise SourceError(f"cannot read: {exc.strerror or exc}") from None
-            mtime, size = stat.st_mtime_ns, stat.st_size
             data, source = read_source(real)
         facts = scan_source(source, display, names, deep)
         digest = content_hash(data) if hashed and text is None else ""
         if facts.candidate:
-            return Scanned(real, mtime, size, digest, facts, None, source)
+            return Scanned(real, stamp, seen, digest, facts, None, source)
         # stage 5 will not see this file (unless a divergence puts it there): judge its
         # suppression comments now, against no findings
         notices: tuple[Notice, ...] = ()
         if not ignores_file(source):
             comments = pragmas(source)
             notices = tuple(suppression_notices(comments, [], rules.known, config, display))
-        return Scanned(real, mtime, size, digest, facts, None, None, notices)
+        return Scanned(real, stamp, seen, digest, facts, None, None, notices)
 
     return guarded(work, display, lambda error: Scanned.failed(real, error))
 
@@ -595,7 +595,6 @@ class _Run:
     stdin: Stdin | None
     entries: dict[str, Entry] = field(default_factory=dict)  # by real path, project files
     texts: dict[str, str] = field(default_factory=dict)  # sources kept for stage 5
-    dirty: bool = False  # the cache has to be written
     parsed: int = 0
 
     def stdin_file(self) -> SourceFile | None:
@@ -624,59 +623,49 @@ def check(
     run = _Run(config, rules, found, stdin)
     key_paths = [project.root] if project.root else paths
     cache_path = cache_file(CACHE_VERSION, config.digest(), key_paths) if use_cache else None
-    old = load(cache_path) if cache_path else {}
-    todo = _reuse(run, old)
+    store = Store(cache_path, CACHE_VERSION)
+    todo = _reuse(run, store)
     workers = _Workers(jobs, {"config": config, "rules": rules, "hash": use_cache})
     try:
-        _scan(run, todo, old, workers, progress)
+        _scan(run, todo, store, workers, progress)
         index, key = _index(run)
         _lint(run, index, key, workers)
     finally:
         workers.close()
     result = _collect(run, index)
     result.root = project.root
-    if cache_path is not None and run.dirty:
-        stdin_file = run.stdin_file()
-        kept = {
-            real: entry
-            for real, entry in run.entries.items()
-            if stdin_file is None or real != stdin_file.real
-        }
-        if stdin_file is not None and stdin_file.real in old:
-            kept[stdin_file.real] = old[stdin_file.real]  # stdin is not the file on disk
-        save(cache_path, kept)
+    stdin_file = run.stdin_file()
+    kept = {
+        real: entry
+        for real, entry in run.entries.items()
+        if stdin_file is None or real != stdin_file.real
+    }
+    if stdin_file is not None and stdin_file.real in store.entries:
+        kept[stdin_file.real] = store.entries[stdin_file.real]  # stdin is not the disk's file
+    store.save(kept)  # writes nothing when every record is as it was loaded
     return result
 
 
-def _reuse(run: _Run, old: dict[str, Entry]) -> list[tuple[str, str]]:
-    """Stage 2: entries of unchanged files; the (display, real) of the others."""
+def _reuse(run: _Run, store: Store) -> list[tuple[str, str]]:
+    """Stage 2: entries of unchanged files (``cache.Store`` says which); the
+    (display, real) of the others."""
     stdin_file = run.stdin_file()
     todo = []
     for source in run.found.project:
         if source is stdin_file:
             continue
-        entry = old.get(source.real)
-        if entry is not None:
-            try:
-                stat = os.stat(source.real)
-            except OSError:
-                entry = None
-            else:
-                if (stat.st_mtime_ns, stat.st_size) != (entry.mtime_ns, entry.size):
-                    entry = None
+        entry = store.unchanged(source.real)
         if entry is None:
             todo.append((source.display, source.real))
         else:
             run.entries[source.real] = entry
-    if len(run.entries) != len(old):
-        run.dirty = True  # files deleted or added
     return todo
 
 
 def _scan(
     run: _Run,
     todo: list[tuple[str, str]],
-    old: dict[str, Entry],
+    store: Store,
     workers: _Workers,
     progress: Progress | None,
 ) -> None:
@@ -697,27 +686,29 @@ def _scan(
     if workers.pool is not None and workers.forks:
         _import_lint_stage()  # while the workers scan; the lint workers inherit it
     for scanned in results:
-        _store(run, scanned, old.get(scanned.real))
+        _store(run, scanned, store)
         done += 1
         if progress:
             progress(done, total)
 
 
-def _store(run: _Run, scanned: Scanned, previous: Entry | None) -> None:
-    run.dirty = True
-    digest = scanned.digest
-    if previous is not None and digest and previous.content_hash == digest:
-        previous.mtime_ns, previous.size = scanned.mtime_ns, scanned.size
-        run.entries[scanned.real] = previous  # same content: its findings stand
+def _store(run: _Run, scanned: Scanned, store: Store | None) -> None:
+    """Keep what a scan found: the cached entry if the content is the same (its findings
+    stand while the index does), else a new one."""
+    if store is None:
+        entry = Entry(scanned.stamp, scanned.digest, scanned.seen_ns, scanned.facts, scanned.error)
     else:
-        run.entries[scanned.real] = Entry(
-            scanned.mtime_ns,
-            scanned.size,
-            digest,
+        entry = store.refreshed(
+            scanned.real,
+            scanned.stamp,
+            scanned.seen_ns,
+            scanned.digest,
             scanned.facts,
             scanned.error,
-            notices=scanned.notices,
         )
+    if entry.findings is None:  # a new entry: the scan's warnings are its own
+        entry.notices = scanned.notices
+    run.entries[scanned.real] = entry
     if scanned.text is not None:
         run.texts[scanned.real] = scanned.text
 
@@ -759,7 +750,6 @@ def _lint(run: _Run, index: ProjectIndex, key: str, workers: _Workers) -> None:
         if not (entry.facts.candidate or source.display in divergent):
             if entry.findings is None or entry.index_key != key:
                 entry.findings, entry.index_key = (), key
-                run.dirty = True
         elif entry.findings is None or entry.index_key != key:
             todo.append((source.display, source.real, run.texts.get(source.real), entry.facts))
     _WORKER.update(index=index, index_key=key)
@@ -775,7 +765,6 @@ def _lint(run: _Run, index: ProjectIndex, key: str, workers: _Workers) -> None:
         if linted.error is not None:
             entry.error = linted.error
         run.parsed += 1
-        run.dirty = True
 
 
 def _collect(run: _Run, index: ProjectIndex) -> Result:

@@ -10,6 +10,8 @@ before any is written; each write is atomic and checks that the file did not cha
 from __future__ import annotations
 
 import ast
+import difflib
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import libcst as cst
@@ -20,14 +22,24 @@ from kvguard.engine import Result, kv_names, lint_source, parse_whole_module
 from kvguard.files import SourceError
 from kvguard.findings import SAFE, UNSAFE, FileError, Finding
 from kvguard.fix.codemod import Fixer, Rewrite, imports_torch, module_binds
-from kvguard.fix.writer import FixError, SourceText, read_for_fix, write_atomic
+from kvguard.fix.source import FixError, SourceText, read_for_fix
+from kvguard.fix.writer import write_fixed
 from kvguard.lint.checker import collect
+from kvguard.lint.facts import ClassFacts
 from kvguard.lint.fixability import RUNTIME_SPLITTER, ClassPlan, FilePlan, plan_file
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.positions import PositionWrapper
 from kvguard.lint.views import same_views
 from kvguard.suppression import is_suppressed, line_suppressions
 from kvguard.textdiff import unified_diff
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of a "\n"-ended text with their ends (``splitlines`` would also split at
+    form feeds and other separators, and a diff of those pieces would not apply)."""
+    pieces = text.split("\n")
+    lines = [piece + "\n" for piece in pieces[:-1]]
+    return [*lines, pieces[-1]] if pieces[-1] else lines
 
 
 @dataclass
@@ -44,8 +56,8 @@ class FileFix:
 
     def diff(self) -> str:
         return unified_diff(  # linear in the file, unlike difflib's
-            self.source.text.splitlines(keepends=True),
-            self.new_text.splitlines(keepends=True),
+            _lines(self.source.text),
+            _lines(self.new_text),
             fromfile=f"a/{self.display}",
             tofile=f"b/{self.display}",
         )
@@ -69,6 +81,7 @@ def applicable(finding: Finding, unsafe: bool) -> bool:
 
 @dataclass
 class _Parsed:
+    text: str  # the source parsed ("\n" line endings)
     module: cst.Module
     plan: FilePlan
     classes: dict[str, cst.ClassDef]
@@ -99,15 +112,16 @@ def _parse_and_plan(text: str, display: str, config: Config, index: ProjectIndex
     module.visit(_Classes())
     # the first class of each name outside functions, as the rules and the plan see them
     classes = {n: c for n in dict.fromkeys(names) if (c := model.class_def(n)) is not None}
-    lines = text.splitlines()
+    lines = text.split("\n")  # as libcst counts lines; splitlines() also splits at "\f"
     indents = {}
     for name, node in classes.items():
         first = node.body.body[0] if isinstance(node.body, cst.IndentedBlock) else None
         if first is not None:
             start = positions[first].start
-            indents[name] = lines[start.line - 1][: start.column]
-    duplicates = {n for n in names if names.count(n) > 1}
-    return _Parsed(module, plan, classes, duplicates, indents)
+            # a form feed resets the indentation count: what follows the last one is it
+            indents[name] = lines[start.line - 1][: start.column].rsplit("\f", 1)[-1]
+    duplicates = {n for n, count in Counter(names).items() if count > 1}
+    return _Parsed(text, module, plan, classes, duplicates, indents)
 
 
 def _rewrite(parsed: _Parsed, unsafe: bool, exclude: set[str]) -> str:
@@ -126,8 +140,35 @@ def _rewrite(parsed: _Parsed, unsafe: bool, exclude: set[str]) -> str:
             rewrite.runtime = dict(parsed.plan.runtime)
             rewrite.add_import = bound is None
     if not rewrite.classes and not rewrite.runtime:
-        return parsed.module.code
-    return parsed.module.visit(Fixer(rewrite, parsed.module)).code
+        return parsed.text
+    fixed = parsed.module.visit(Fixer(rewrite, parsed.module)).code
+    return _untouched_lines_kept(parsed.text, parsed.module.code, fixed)
+
+
+def _untouched_lines_kept(original: str, regenerated: str, fixed: str) -> str:
+    """``fixed`` with the original of every line the fix did not touch.
+
+    libcst reproduces a file byte for byte except for a form feed (^L) that starts a
+    statement's line (``^Lclass X:``), which it drops; the lines of its unfixed output are
+    then those of the original but for those form feeds, and where the fixed output keeps
+    such a line unchanged, the original line goes back.
+    """
+    if regenerated == original:
+        return fixed
+    old, new = original.split("\n"), regenerated.split("\n")
+    if len(old) != len(new) or any(
+        a != b and a.replace("\f", "") != b for a, b in zip(old, new, strict=True)
+    ):
+        raise FixError(
+            "libcst does not reproduce this file byte for byte, so a fix could change lines "
+            "it should not touch; fix it by hand (`kvguard check --diff` shows the fix)"
+        )
+    lines = fixed.split("\n")
+    out: list[str] = []
+    matcher = difflib.SequenceMatcher(None, new, lines, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        out.extend(old[i1:i2] if tag == "equal" else lines[j1:j2])
+    return "\n".join(out)
 
 
 def _hazards(plans: dict[str, _Parsed], index: ProjectIndex) -> dict[str, set[str]]:
@@ -136,24 +177,20 @@ def _hazards(plans: dict[str, _Parsed], index: ProjectIndex) -> dict[str, set[st
     The planner sees existing ``_split_kv_cache`` methods only; a subclass that gets its
     own generated one in this run and inherits a routed method is caught here.
     """
-    generated: dict[tuple[str, str], tuple[ClassPlan, str]] = {}
+    # by the class the plan's name denotes in its file: (that class, the plan, its file)
+    generated: dict[tuple[str, str], tuple[ClassFacts, ClassPlan, str]] = {}
     for display, parsed in plans.items():
         for name, plan in parsed.plan.classes.items():
-            if plan.generate and not plan.reason:
-                generated[(name, display)] = (plan, display)
+            facts = index.lookup(name, near=display)
+            if plan.generate and not plan.reason and facts is not None:
+                generated[(facts.name, facts.path)] = (facts, plan, display)
     exclude: dict[str, set[str]] = {}
-    for (name, display), (plan, _) in generated.items():
-        facts = index.lookup(name, near=display)
-        if facts is None:
-            continue
-        for (sub_name, sub_display), (sub_plan, _) in generated.items():
-            sub = index.lookup(sub_name, near=sub_display)
-            if sub is None or sub is facts:
+    for facts, plan, display in generated.values():
+        for sub in index.subclasses(facts):
+            if (sub.name, sub.path) not in generated:
                 continue
-            chain = list(index.mro(sub))
-            if facts not in chain:
-                continue
-            below = chain[: chain.index(facts)]
+            sub_plan = generated[(sub.name, sub.path)][1]
+            below = index.lineage_below(sub, facts)
             overridden = {m for c in below for m in c.instance_methods}
             if all(m in overridden for m in plan.methods):
                 continue
@@ -161,7 +198,7 @@ def _hazards(plans: dict[str, _Parsed], index: ProjectIndex) -> dict[str, set[st
                 continue
             if sub_plan.template == plan.template:
                 continue
-            exclude.setdefault(display, set()).add(name)
+            exclude.setdefault(display, set()).add(plan.name)
     return exclude
 
 
@@ -206,7 +243,7 @@ def fix(
         done = []
         for file_fix in prepared:
             try:
-                write_atomic(
+                write_fixed(
                     file_fix.display, file_fix.source, file_fix.source.encode(file_fix.new_text)
                 )
             except FixError as exc:

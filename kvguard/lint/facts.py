@@ -335,8 +335,14 @@ def _class_span(cls: ast.ClassDef, lines: list[str]) -> ClassSpan:
         end=cls.end_lineno or cls.lineno,
         body_indent=indent,
         anchor=anchor,
-        nested=cls.col_offset > 0,
+        nested=_indented(lines, cls),
     )
+
+
+def _indented(lines: list[str], node: ast.stmt) -> bool:
+    """Whether the statement is indented, as the tokenizer counts: a form feed (^L) before
+    it (``^L class X:``) resets the count, so what follows the last one is its indentation."""
+    return bool(lines[node.lineno - 1][: node.col_offset].rsplit("\f", 1)[-1])
 
 
 def _merged(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
@@ -377,7 +383,7 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
                     spans=spans,
                     class_name=owner.name if owner is not None else None,
                     function=func.name,
-                    nested=func.col_offset > 0,
+                    nested=_indented(lines, func),
                 )
             )
     rest = [s for s in tree.body if not isinstance(s, (*_FUNCS, ast.ClassDef))]

@@ -386,26 +386,21 @@ def _subclass_hazard(
     declared: list[Shape] | None,
 ) -> str:
     """A subclass with its own _split_kv_cache that inherits a routed method would change."""
-    for group in index.by_name.values():
-        for sub in group:
-            chain = list(index.mro(sub))
-            keys = [(c.name, c.path) for c in chain]
-            if (facts.name, facts.path) not in keys or sub is facts:
-                continue
-            below = chain[: keys.index((facts.name, facts.path))]
-            own = next((c.splitter for c in below if c.splitter is not None), None)
-            if own is None:
-                continue
-            overridden = {m for c in below for m in c.instance_methods}
-            inherited = [m for m in plan.methods if m not in overridden]
-            if not inherited:
-                continue
-            if own and same_views(_template_of(own), plan.template, declared or []) is True:
-                continue
-            return (
-                f"subclass {sub.name} defines its own {SPLITTER_METHOD} and inherits "
-                f"{', '.join(inherited)} from {facts.name}: routing would change what it splits"
-            )
+    for sub in index.subclasses(facts):
+        below = index.lineage_below(sub, facts)
+        own = next((c.splitter for c in below if c.splitter is not None), None)
+        if own is None:
+            continue
+        overridden = {m for c in below for m in c.instance_methods}
+        inherited = [m for m in plan.methods if m not in overridden]
+        if not inherited:
+            continue
+        if own and same_views(_template_of(own), plan.template, declared or []) is True:
+            continue
+        return (
+            f"subclass {sub.name} defines its own {SPLITTER_METHOD} and inherits "
+            f"{', '.join(inherited)} from {facts.name}: routing would change what it splits"
+        )
     return ""
 
 

@@ -1,15 +1,21 @@
 """The project index: every class seen in the checked tree, its bases and declared layout.
 
 Rules that need more than one file (KVG002, KVG003) ask it which backend an impl class
-belongs to and which layout that backend, or one of its bases, declares.
+belongs to and which layout that backend, or one of its bases, declares; the fixer asks
+which classes derive from one. Every query costs what its answer holds, not the size of
+the project: name lookups and lineages are memoised, and the maps that would otherwise
+take a scan of every class (an impl's backends, a class's subclasses) are built once, on
+first use, in one pass.
 """
 
 from __future__ import annotations
 
 import posixpath
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Any
 
 from kvguard.lint.facts import ClassFacts
 from kvguard.lint.layouts import UNKNOWN, LayoutDecl
@@ -19,6 +25,10 @@ def _is_module(path: str, stem: str) -> bool:
     """Whether a file is the module ``stem`` (``pkg/mod``, or ``dir/pkg/mod`` if relative)."""
     path = "/" + posixpath.normpath(path.replace("\\", "/")).lstrip("/")
     return any(path.endswith("/" + stem.lstrip("/") + tail) for tail in (".py", "/__init__.py"))
+
+
+def _key(facts: ClassFacts) -> tuple[str, str]:
+    return facts.name, facts.path  # one class of a name per file, as the lineages count
 
 
 def _shared_dirs(path: str, near: str) -> int:
@@ -51,10 +61,16 @@ class ProjectIndex:
     backend_bases: tuple[str, ...] = ()
     # per file: local name -> (module path stem, imported name), from ``FileFacts.imports``
     imports: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
-    _divergences: list[Divergence] | None = field(default=None, repr=False, compare=False)
-    _backends_by_impl: dict[str, list[ClassFacts]] | None = field(
-        default=None, repr=False, compare=False
+    # memoised answers and maps (the index does not change once built); not pickled
+    _memo: dict[str, dict[Any, Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
     )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_memo": {}}
+
+    def _table(self, name: str) -> dict[Any, Any]:
+        return self._memo.setdefault(name, {})
 
     @classmethod
     def build(
@@ -85,6 +101,13 @@ class ProjectIndex:
         A class defined in that file, else the one its ``from M import`` names (found by
         M's path), else, of the classes of that name, the one nearest in the directory tree.
         """
+        table = self._table("lookup")
+        key = (name, near)
+        if key not in table:
+            table[key] = self._lookup(name, near)
+        return table[key]
+
+    def _lookup(self, name: str, near: str) -> ClassFacts | None:
         found = self.by_name.get(name)
         if found and near:
             local = next((c for c in found if c.path == near), None)
@@ -103,22 +126,65 @@ class ProjectIndex:
             return found[0]
         return max(found, key=lambda c: _shared_dirs(c.path, near))
 
-    def mro(self, facts: ClassFacts) -> Iterator[ClassFacts]:
-        """The class and its known bases, depth first, each once."""
+    def mro(self, facts: ClassFacts) -> tuple[ClassFacts, ...]:
+        """The class and its known bases, nearest first (breadth first), each once."""
+        table = self._table("mro")
+        found = table.get(id(facts))
+        if found is None or found[0] is not facts:
+            found = table[id(facts)] = (facts, self._lineage(facts))
+        return found[1]
+
+    def _lineage(self, facts: ClassFacts) -> tuple[ClassFacts, ...]:
         seen: set[tuple[str, str]] = set()
-        stack = [facts]
-        while stack:
-            current = stack.pop(0)
-            key = (current.name, current.path)
-            if key in seen:
+        out = []
+        queue = deque([facts])
+        while queue:
+            current = queue.popleft()
+            if _key(current) in seen:
                 continue
-            seen.add(key)
-            yield current
-            stack.extend(
-                base
-                for name in current.bases
-                if (base := self.lookup(name, near=current.path)) is not None
-            )
+            seen.add(_key(current))
+            out.append(current)
+            queue.extend(self.bases(current))
+        return tuple(out)
+
+    def bases(self, facts: ClassFacts) -> Iterator[ClassFacts]:
+        """The classes of the index that a class names as its direct bases."""
+        for name in facts.bases:
+            base = self.lookup(name, near=facts.path)
+            if base is not None:
+                yield base
+
+    def classes(self) -> Iterator[ClassFacts]:
+        for group in self.by_name.values():
+            yield from group
+
+    def subclasses(self, facts: ClassFacts) -> list[ClassFacts]:
+        """Every class of another name or file whose lineage (``mro``) holds this one, in
+        index order."""
+        children = self._table("children")
+        if not children:  # one pass over the project: who names whom as a direct base
+            first: dict[tuple[str, str], ClassFacts] = {}
+            for position, cls in enumerate(self.classes()):
+                first.setdefault(_key(cls), cls)
+                for base in self.bases(cls):
+                    children.setdefault(_key(base), []).append((position, cls))
+            self._memo["first"] = first
+            children[None] = []  # built, even for a project without subclasses
+        first = self._memo["first"]
+        own = _key(facts)
+        found: dict[int, ClassFacts] = {}
+        expanded = {own}
+        queue = deque([own])
+        while queue:
+            for position, child in children.get(queue.popleft(), ()):
+                key = _key(child)
+                if key != own:
+                    found[position] = child
+                # a lineage goes on only through the class that lookups return for a key
+                if key not in expanded and first[key] is child:
+                    expanded.add(key)
+                    queue.append(key)
+        return [found[position] for position in sorted(found)]
 
     def declared_layout(self, facts: ClassFacts) -> tuple[ClassFacts, LayoutDecl] | None:
         """The nearest class in the MRO that declares a layout, with that layout."""
@@ -133,18 +199,24 @@ class ProjectIndex:
                 return current.supports_encoder_decoder
         return False
 
+    def lineage_below(self, sub: ClassFacts, facts: ClassFacts) -> tuple[ClassFacts, ...]:
+        """The classes of ``sub``'s lineage that come before ``facts`` (all, if it is not in
+        it): the ones whose methods a subclass of ``facts`` sees first."""
+        chain = self.mro(sub)
+        key = _key(facts)
+        return next((chain[:i] for i, c in enumerate(chain) if _key(c) == key), chain)
+
     def backends_of_impl(self, impl: ClassFacts) -> list[ClassFacts]:
         """Backends whose get_impl_cls returns this impl class (directly or via a subclass)."""
-        if self._backends_by_impl is None:  # once per index: asking per class costs n^2
-            linking: dict[str, list[ClassFacts]] = {}
-            for group in self.by_name.values():
-                for backend in group:
-                    for name in dict.fromkeys(backend.impl_names):
-                        linking.setdefault(name, []).append(backend)
-            self._backends_by_impl = linking
+        table = self._table("backends")
+        if not table:  # one pass over the project: which backends name which impls
+            for cls in self.classes():
+                for name in dict.fromkeys(cls.impl_names):
+                    table.setdefault(name, []).append(cls)
+            table[None] = []
         return [
             backend
-            for backend in self._backends_by_impl.get(impl.name, ())
+            for backend in table.get(impl.name, ())
             if self.lookup(impl.name, near=backend.path) is impl
         ]
 
@@ -175,19 +247,19 @@ class ProjectIndex:
                 return None if UNKNOWN in packing else packing
         return None
 
-    def divergences(self) -> list[Divergence]:
-        """``find_divergences``, computed once per index: each file's KVG003 asks for its
-        own, and asking the whole project again per file would cost files x classes."""
-        if self._divergences is None:
-            self._divergences = list(self.find_divergences())
-        return self._divergences
-
-    def find_divergences(self) -> Iterator[Divergence]:
+    def divergences(self) -> tuple[Divergence, ...]:
         """Backends that declare a layout disjoint from a base's and take ENCODER_DECODER.
 
         With vLLM 0.28+ layouts, two backends agree only if they share a layout *and* a
-        way of packing K and V into the page (``customize_spec``).
+        way of packing K and V into the page (``customize_spec``). Found once per index:
+        every linted file asks (KVG003).
         """
+        table = self._table("divergences")
+        if not table:
+            table[None] = tuple(self._divergences())
+        return table[None]  # type: ignore[no-any-return]
+
+    def _divergences(self) -> Iterator[Divergence]:
         for group in self.by_name.values():
             for backend in group:
                 if backend.layout.empty or not self.is_backend(backend):
@@ -195,7 +267,7 @@ class ProjectIndex:
                 mine = backend.layout.physical_arrangements()
                 if mine is None:
                     continue
-                for base in list(self.mro(backend))[1:]:
+                for base in self.mro(backend)[1:]:
                     if base.layout.empty:
                         continue
                     theirs = base.layout.physical_arrangements()

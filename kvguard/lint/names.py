@@ -1,6 +1,8 @@
 """Which identifiers denote a KV cache, a list of caches, or a sanctioned splitter.
 
-Patterns are shell-style globs over whole identifiers (``*`` and ``?`` only).
+Patterns are shell-style globs over whole identifiers (``*`` and ``?`` only), matched
+as CPython sees identifiers: NFKC-normalised (PEP 3131), so that ``kv_cache`` spelled
+with a fullwidth ``k`` (U+FF4B) is ``kv_cache``.
 Every KV-cache receiver that a rule can flag is, or is an alias of, an identifier
 that matches one of these patterns, which is what makes the text prefilter
 (``KvNames.mentioned_in``) conservative: a file that spells none of them can hold
@@ -9,8 +11,10 @@ no KVG001/KVG002/KVG004 finding.
 
 from __future__ import annotations
 
+import functools
 import keyword
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -121,10 +125,43 @@ def _cores(patterns: tuple[str, ...]) -> tuple[str, ...] | None:
     return tuple(kept)
 
 
+def as_python_sees(name: str) -> str:
+    """The identifier CPython binds for ``name``: its NFKC normal form (PEP 3131)."""
+    return name if name.isascii() else unicodedata.normalize("NFKC", name)
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+@functools.lru_cache(maxsize=2)  # the prefilter and the receiver-word gate ask in turn
+def _renamed_words(text: str) -> tuple[tuple[int, int, str], ...]:
+    """(start, end, NFKC form) of each word that CPython reads as another spelling.
+
+    NFKC leaves ASCII as it is, and most non-ASCII texts (arrows, box drawing, accents
+    in comments) not at all, which one C-level test settles before any word is cut out.
+    """
+    if text.isascii() or unicodedata.is_normalized("NFKC", text):
+        return ()
+    words = []
+    end = 0
+    for char in _NON_ASCII.finditer(text):
+        if char.start() < end or not char.group().isalnum():
+            continue  # in the word just cut out, or no letter
+        left = end = char.start()
+        while left > 0 and (text[left - 1].isalnum() or text[left - 1] == "_"):
+            left -= 1
+        while end < len(text) and (text[end].isalnum() or text[end] == "_"):
+            end += 1
+        normal = unicodedata.normalize("NFKC", text[left:end])
+        if normal != text[left:end]:
+            words.append((left, end, normal))
+    return tuple(words)
+
+
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
     if not patterns:
         return re.compile(r"(?!x)x")
-    return re.compile("|".join(f"(?:{glob_to_regex(p)})" for p in patterns))
+    return re.compile("|".join(f"(?:{glob_to_regex(as_python_sees(p))})" for p in patterns))
 
 
 @dataclass(frozen=True)
@@ -163,16 +200,23 @@ class KvNames:
         return re.compile(r"\w+")
 
     def is_cache(self, name: str) -> bool:
-        return self._cache_re.fullmatch(name) is not None
+        return (
+            self._cache_re.fullmatch(name if name.isascii() else as_python_sees(name)) is not None
+        )
 
     def is_cache_list(self, name: str) -> bool:
-        return self._list_re.fullmatch(name) is not None
+        return self._list_re.fullmatch(name if name.isascii() else as_python_sees(name)) is not None
 
     def is_splitter(self, name: str) -> bool:
-        return self._splitter_re.fullmatch(name) is not None
+        return (
+            self._splitter_re.fullmatch(name if name.isascii() else as_python_sees(name))
+            is not None
+        )
 
-    def _words(self, text: str, cores: tuple[str, ...]) -> Iterator[tuple[int, str]]:
-        """(offset, word) of each word that holds one of the cores, per core in turn.
+    def _words(self, text: str, cores: tuple[str, ...]) -> Iterator[tuple[int, int, str]]:
+        """(offset, end, word as CPython sees it) of each word that holds one of the cores,
+        per core in turn, then (in a non-ASCII text) of each word spelled with non-ASCII
+        letters, which may hold a core only once normalised.
 
         Cheap substring tests first (C speed); only around a hit is the whole word cut out.
         """
@@ -184,8 +228,11 @@ class KvNames:
                     left -= 1
                 match = self._word_re.match(text, left)
                 word = match.group(0) if match else core
-                yield left, word
+                yield left, left + len(word), word if word.isascii() else as_python_sees(word)
                 start = text.find(core, left + len(word))
+        for left, end, word in _renamed_words(text):
+            if any(core in word for core in cores):
+                yield left, end, word
 
     def mentioned_in(self, text: str) -> bool:
         """True when the text holds a word that some rule could start from."""
@@ -193,7 +240,7 @@ class KvNames:
         if cores is None:
             return True
         known_words = self._known_words
-        for _, word in self._words(text, cores):
+        for _, _, word in self._words(text, cores):
             known = known_words.get(word)
             if known is None:
                 known = known_words[word] = (
@@ -216,8 +263,8 @@ class KvNames:
         return sorted(
             {
                 offset
-                for offset, word in self._words(text, cores)
+                for offset, end, word in self._words(text, cores)
                 if (self.is_cache(word) or self.is_cache_list(word))
-                and _may_start_receiver(text, offset, offset + len(word))
+                and _may_start_receiver(text, offset, end)
             }
         )

@@ -9,17 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from kvguard.config import Config
-from kvguard.engine import check
-from kvguard.fix import apply as fix_apply
-from tests.fix.fix_helpers import SEVERITY
+from kvguard import disk
 from tests.lint.kvg_helpers import BAD_SOURCE, SCATTERED_SOURCE, write
 
 FIXED_SCATTERED_CALLS = 2  # forward's unbind, do_kv_cache_update's merged pair
 
 
 def _temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.endswith(".kvguard")]
+    return [p for p in root.rglob(f"*{disk.SUFFIX}")]
 
 
 def test_diff_prints_a_patch_writes_nothing_and_exits_1(kvguard, tmp_path: Path) -> None:
@@ -154,30 +151,6 @@ def test_bom_and_crlf_survive_a_fix(kvguard, tmp_path: Path, prefix: bytes, newl
     expected.write_text(SCATTERED_SOURCE)
     kvguard("check", "--fix", "expected.py")
     assert body.replace("\r\n", "\n") == expected.read_text()
-
-
-def test_file_changed_between_read_and_write(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    changed = write(tmp_path, "a_changed.py", SCATTERED_SOURCE)
-    free = write(tmp_path, "b_free.py", SCATTERED_SOURCE)
-    monkeypatch.chdir(tmp_path)
-    result = check(["."], Config(), use_cache=False, jobs=1, severities=SEVERITY)
-    real_write = fix_apply.write_atomic
-
-    def edit_then_write(path, source, data):  # type: ignore[no-untyped-def]
-        if path.endswith("a_changed.py"):  # someone saves the file while kvguard works
-            Path(path).write_text(SCATTERED_SOURCE + "# edited\n")
-        return real_write(path, source, data)
-
-    monkeypatch.setattr(fix_apply, "write_atomic", edit_then_write)
-    outcome = fix_apply.fix(
-        result, Config(), result.index, unsafe=False, write=True, severities=SEVERITY
-    )
-    assert [e.path for e in outcome.result.errors] == ["a_changed.py"]
-    assert "changed on disk while kvguard was fixing it" in outcome.result.errors[0].message
-    assert changed.read_text() == SCATTERED_SOURCE + "# edited\n"
-    assert "self._split_kv_cache" in free.read_text()
-    assert [f.display for f in outcome.files] == ["b_free.py"]
-    assert _temp_files(tmp_path) == []
 
 
 def test_fix_keeps_file_mode_and_symlink(kvguard, tmp_path: Path) -> None:

@@ -87,3 +87,71 @@ def test_a_base_class_is_found_through_the_import(
         ("pkg/z_impl.py", "KVG001"),
         ("pkg/z_impl.py", "KVG001"),
     ]
+
+
+# -- linear queries ----------------------------------------------------------------------
+
+
+def _index_of_tree(root: Path):  # type: ignore[no-untyped-def]
+    from kvguard.engine import build_index, kv_names, scan_source
+
+    names = kv_names(Config())
+    facts = {}
+    for path in sorted(root.rglob("*.py")):
+        display = str(path.relative_to(root))
+        try:
+            facts[display] = scan_source(path.read_text(encoding="utf-8"), display, names)
+        except Exception:  # a file the engine would report holds no class here
+            continue
+    return build_index(facts, Config())
+
+
+@pytest.mark.vllm_sources
+@pytest.mark.parametrize("version", ["0.22.0", "0.33.0"])
+def test_the_precomputed_maps_answer_what_a_scan_of_every_class_would(version: str) -> None:
+    from tests.vllm_sources import vllm_tree
+
+    index = _index_of_tree(vllm_tree(version))
+    everything = list(index.classes())
+    assert len(everything) > 500
+    key = lambda c: (c.name, c.path)  # noqa: E731
+    subclassed = 0
+    for facts in everything:
+        expected = [
+            s
+            for s in everything
+            if key(s) != key(facts) and key(facts) in [key(c) for c in index.mro(s)]
+        ]
+        assert index.subclasses(facts) == expected, facts.name
+        subclassed += bool(expected)
+        backends = [
+            b
+            for b in everything
+            if facts.name in b.impl_names and index.lookup(facts.name, near=b.path) is facts
+        ]
+        assert index.backends_of_impl(facts) == backends, facts.name
+    assert subclassed > 50
+
+
+def test_planning_walks_each_lineage_once_however_many_classes_have_fixes(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The old planner walked every class's lineage for each class with a fix plan
+    (quadratic: 12.5 M walks at 25k files), and every linted file scanned every backend
+    for KVG003; now each lineage is walked once, and the backends once."""
+    from kvguard.lint.index import ProjectIndex
+
+    walks, scans = [], []
+    real, real_scan = ProjectIndex._lineage, ProjectIndex._divergences
+    monkeypatch.setattr(ProjectIndex, "_lineage", lambda self, f: walks.append(f) or real(self, f))
+    monkeypatch.setattr(
+        ProjectIndex, "_divergences", lambda self: scans.append(1) or real_scan(self)
+    )
+    for i in range(120):
+        base = f"Impl{i - 1}" if i % 3 else "AttentionImpl"
+        write(tmp_path, f"pkg/m{i}.py", IMPL.replace("Impl(AttentionImpl)", f"Impl{i}({base})"))
+    monkeypatch.chdir(tmp_path)
+    result = check(["pkg"], Config(), use_cache=False, jobs=1)
+    assert sum(f.fix is not None for f in result.findings) == 120
+    assert len(walks) == len({(f.name, f.path) for f in walks}) <= 120
+    assert len(scans) == 1  # KVG003's scan of every backend, once, not once per file
