@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvguard.disk import TempFile, read_regular, sweep
-from kvguard.findings import FileError, Finding
+from kvguard.findings import FileError, Finding, Notice
 from kvguard.lint.facts import FileFacts
 from kvguard.typed_json import decoder, encoder
 
@@ -76,21 +76,38 @@ class Entry:
     error: FileError | None
     index_key: str = ""  # the project index the findings were computed against
     findings: tuple[Finding, ...] | None = None
+    notices: tuple[Notice, ...] = ()  # warnings about its suppression comments
     # the record it was loaded from, and its fields then: saving reuses an unchanged record
     record: bytes | None = field(default=None, compare=False, repr=False)
     loaded: tuple[object, ...] = field(default=(), compare=False, repr=False)
 
     def _state(self) -> tuple[object, ...]:
-        return (self.stamp, self.seen_ns, self.facts, self.error, self.index_key, self.findings)
+        return (
+            self.stamp,
+            self.seen_ns,
+            self.facts,
+            self.error,
+            self.index_key,
+            self.findings,
+            self.notices,
+        )
 
     def current_record(self) -> bytes | None:
         """The record it was loaded from, if no field changed since."""
         return self.record if self.record is not None and self._state() == self.loaded else None
 
 
-# path, then the fields of Entry up to ``findings``
+# path, then the fields of Entry up to ``notices``
 _RECORD = tuple[
-    str, Stamp, str, int, FileFacts | None, FileError | None, str, tuple[Finding, ...] | None
+    str,
+    Stamp,
+    str,
+    int,
+    FileFacts | None,
+    FileError | None,
+    str,
+    tuple[Finding, ...] | None,
+    tuple[Notice, ...],
 ]
 _decode_record = decoder(_RECORD)
 _encode_record = encoder(_RECORD)
@@ -221,7 +238,7 @@ class Store:
 def _format(real: str, entry: Entry) -> bytes:
     values = (real, entry.stamp, entry.content_hash, entry.seen_ns, entry.facts, entry.error)
     payload = json.dumps(
-        _encode_record((*values, entry.index_key, entry.findings)),
+        _encode_record((*values, entry.index_key, entry.findings, entry.notices)),
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode()
@@ -233,9 +250,11 @@ def _parse(line: bytes) -> tuple[str, Entry] | None:
     if line[_CHECKSUM_HEX : _CHECKSUM_HEX + 1] != b" " or _checksum(payload) != checksum:
         return None
     try:
-        real, stamp, digest, seen, facts, error, key, findings = _decode_record(json.loads(payload))
+        real, stamp, digest, seen, facts, error, key, findings, notices = _decode_record(
+            json.loads(payload)
+        )
     except (ValueError, RecursionError, TypeError):  # ShapeError is a ValueError
         return None
-    entry = Entry(stamp, digest, seen, facts, error, key, findings, line)
+    entry = Entry(stamp, digest, seen, facts, error, key, findings, notices, record=line)
     entry.loaded = entry._state()
     return real, entry

@@ -44,6 +44,15 @@ class Rule:
     invalid: tuple[Example, ...] = field(default=(), repr=False)
     source: str = ""
 
+    @property
+    def fixable(self) -> bool:
+        """Whether ``--fix`` fixes some of its findings: an invalid example shows the fix."""
+        return any(
+            (e.fixed is not None and e.fixed != e.code)
+            or (e.unsafe_fixed is not None and e.unsafe_fixed != e.code)
+            for e in self.invalid
+        )
+
     def doc(self) -> str:
         """The rule's documentation in ruff's fixed headings, as markdown."""
         parts = [

@@ -21,6 +21,9 @@ def _codes(text: str) -> tuple[str, ...]:
     return tuple(c.strip().upper() for c in text.split(",") if c.strip())
 
 
+FORMATS = ["full", "concise", "text", "json", "sarif", "github"]  # text: full, as before
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvguard",
@@ -30,13 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     check = sub.add_parser("check", help="analyze Python files or directories")
-    check.add_argument("paths", nargs="*", default=["."], metavar="PATH")
     check.add_argument(
-        "--format",
+        "paths", nargs="*", metavar="PATH", help="files or directories (default: .); - is stdin"
+    )
+    check.add_argument(
         "--output-format",
+        "--format",
         dest="format",
-        default="text",
-        choices=["text", "json", "sarif", "github"],
+        default="full",
+        choices=FORMATS,
+        help="full (source and explanation), concise (one line each), json, sarif, github",
     )
     # repeated flags accumulate, as ruff's do
     check.add_argument(
@@ -52,20 +58,52 @@ def _parser() -> argparse.ArgumentParser:
         action="extend",
         help="comma-separated codes or prefixes to disable",
     )
-    check.add_argument("--config", type=Path, help="pyproject.toml (or kvguard.toml) to read")
+    check.add_argument("--config", type=Path, help="settings file (pyproject.toml or kvguard.toml)")
+    check.add_argument(
+        "--stdin-filename", metavar="PATH", help="read the source from stdin, checked as PATH"
+    )
+    check.add_argument(
+        "--force-exclude",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply exclude patterns to files named on the command line too",
+    )
+    check.add_argument(
+        "--respect-gitignore",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="skip files that git ignores (default: on)",
+    )
     check.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     check.add_argument("--statistics", action="store_true", help="count findings per rule")
     check.add_argument("--exit-zero", action="store_true", help="exit 0 even with findings")
+    check.add_argument(
+        "--exit-non-zero-on-fix",
+        action="store_true",
+        help="exit 1 if --fix changed a file, even if no finding remains",
+    )
     check.add_argument("--jobs", "-j", type=int, default=None, help="worker processes")
     check.add_argument("--no-progress", action="store_true")
     check.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     check.add_argument("--output-file", "-o", type=Path, help="write the report here")
+    quiet = check.add_mutually_exclusive_group()
+    quiet.add_argument(
+        "--quiet", "-q", action="store_true", help="print findings and errors, nothing else"
+    )
+    quiet.add_argument(
+        "--silent", "-s", action="store_true", help="print nothing; only the exit code tells"
+    )
     check.add_argument("--fix", action="store_true", help="apply safe fixes in place")
     check.add_argument(
         "--diff", action="store_true", help="print the fixes as a unified diff; write nothing"
     )
     check.add_argument(
         "--unsafe-fixes", action="store_true", help="also apply (or show) unsafe fixes"
+    )
+    check.add_argument(
+        "--show-fixes",
+        action="store_true",
+        help="with --fix or --diff: list the fixes per file and rule",
     )
 
     rule = sub.add_parser("rule", help="print a rule's documentation")
@@ -101,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `kvguard check | head`: the reader left
+        return EXIT_ERROR
     parser.print_help()
     return EXIT_ERROR
 
@@ -110,13 +150,20 @@ def _fail(message: str) -> int:
     return EXIT_ERROR
 
 
-def _load_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from kvguard.config import find_pyproject, load_config
+def _warn(args: argparse.Namespace, message: str) -> None:
+    if not (args.quiet or args.silent):
+        print(f"kvguard: warning: {message}", file=sys.stderr)
+
+
+def _load_config(args: argparse.Namespace, first: str):  # type: ignore[no-untyped-def]
+    from kvguard.config import find_config, load_config
 
     path = args.config
     if path is None:
-        first = Path(args.paths[0]) if args.paths else Path.cwd()
-        path = find_pyproject(first if first.exists() else Path.cwd())
+        start = Path(first)
+        if not start.exists():
+            start = start.parent if start.parent.exists() else Path.cwd()
+        path = find_config(start)
     config = load_config(path)
     if args.select is not None:
         config = replace(config, select=tuple(args.select))
@@ -124,16 +171,39 @@ def _load_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         config = replace(config, select=(*config.select, *args.extend_select))
     if args.ignore is not None:
         config = replace(config, ignore=(*config.ignore, *args.ignore))
+    if args.force_exclude is not None:
+        config = replace(config, force_exclude=args.force_exclude)
+    if args.respect_gitignore is not None:
+        config = replace(config, respect_gitignore=args.respect_gitignore)
     return config
+
+
+def _stdin_request(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(the name stdin is checked as, or None; a usage error, or None)."""
+    paths = args.paths
+    if STDIN in paths or (args.stdin_filename is not None and not paths):
+        if len(paths) > 1:
+            return None, "`-` (stdin) cannot be combined with other paths"
+        return args.stdin_filename or STDIN, None
+    return None, None
+
+
+STDIN = "-"
 
 
 def _check(args: argparse.Namespace) -> int:
     from kvguard.catalog import CatalogError, load_catalog
     from kvguard.config import ConfigError
-    from kvguard.engine import check
+    from kvguard.engine import RuleSet, check
+    from kvguard.project import find_project, first_path
 
+    stdin_name, problem = _stdin_request(args)
+    if problem:
+        return _fail(problem)
+    paths = [] if stdin_name is not None else (args.paths or ["."])
+    first = first_path(paths, stdin_name)
     try:
-        config = _load_config(args)
+        config = _load_config(args, first)
         catalog = load_catalog()
     except (ConfigError, CatalogError) as exc:
         return _fail(str(exc))
@@ -142,6 +212,13 @@ def _check(args: argparse.Namespace) -> int:
             return _fail(f"unknown rule selector {code!r}; `kvguard rules` lists the codes")
     if args.jobs is not None and args.jobs < 1:
         return _fail("--jobs must be at least 1")
+    if stdin_name is not None and args.diff:
+        return _fail("--diff reads files; with stdin, use --fix to print the fixed source")
+    stdin = None
+    if stdin_name is not None:
+        stdin, problem = _read_stdin(stdin_name)
+        if problem:
+            return _report_stdin_error(args, stdin_name, problem)
 
     stream = sys.stdout
     color = args.color == "always" or (
@@ -151,34 +228,76 @@ def _check(args: argparse.Namespace) -> int:
         and "NO_COLOR" not in os.environ
     )
     progress = None
-    if not args.no_progress and sys.stderr.isatty():
+    if not (args.no_progress or args.quiet or args.silent) and sys.stderr.isatty():
         progress = _progress_bar()
-    severities = {code: rule.severity for code, rule in catalog.items()}
+    rules = RuleSet.of(catalog)
+    project = find_project(first, config.source or None)
     try:
         result = check(
-            args.paths,
+            paths,
             config,
             use_cache=not args.no_cache,
             jobs=args.jobs,
             progress=progress,
-            severities=severities,
+            project=project,
+            stdin=stdin,
+            rules=rules,
         )
+    except Exception as exc:  # the per-file net caught nothing: a bug outside any one file
+        from kvguard.engine import internal_error
+
+        return _fail(internal_error("kvguard", exc).message)
     finally:
         if progress is not None:
             progress.close()  # type: ignore[attr-defined]
+    if not result.files and not result.errors and not _textual(args):
+        _warn(args, "no Python files found under the given paths")  # text says it itself
+    if stdin is not None and args.fix:
+        return _fix_stdin(args, result, config, rules, catalog, color, stdin)
     if args.fix or args.diff:
-        return _fix(args, result, config, severities, catalog, color)
+        return _fix(args, result, config, rules, catalog, color)
 
-    _emit(_render(result, args, catalog, color), args.output_file, color and args.format == "text")
+    _emit(_render(result, args, catalog, color), args, color and _textual(args))
+    return _exit_code(args, result, changed=False)
+
+
+def _textual(args: argparse.Namespace) -> bool:
+    return args.format in ("full", "concise", "text")
+
+
+def _exit_code(args: argparse.Namespace, result, changed: bool) -> int:  # type: ignore[no-untyped-def]
     if result.errors:
         return EXIT_ERROR
     if result.findings and not args.exit_zero:
         return EXIT_FINDINGS
+    if changed and args.exit_non_zero_on_fix:
+        return EXIT_FINDINGS
     return EXIT_CLEAN
 
 
+def _read_stdin(name: str):  # type: ignore[no-untyped-def]
+    """(Stdin, None), or (None, the reason it is not Python source)."""
+    from kvguard.engine import Stdin
+    from kvguard.files import SourceError, decode_source
+
+    data = sys.stdin.buffer.read()
+    try:
+        return Stdin(decode_source(data), name), None
+    except SourceError as exc:
+        return None, exc
+
+
+def _report_stdin_error(args: argparse.Namespace, name: str, exc) -> int:  # type: ignore[no-untyped-def]
+    from kvguard.catalog import load_catalog
+    from kvguard.engine import Result
+
+    result = Result(errors=[exc.error(name)], files=1)
+    _emit(_render(result, args, load_catalog(), False), args, False)
+    return EXIT_ERROR
+
+
 def _render(result, args, catalog, color: bool) -> str:  # type: ignore[no-untyped-def]
-    """The report in the --format asked for (each renderer imported only when used)."""
+    """The report in the --output-format asked for (each renderer imported only when used)."""
     if args.format == "json":
         from kvguard.report.as_json import render
 
@@ -191,12 +310,19 @@ def _render(result, args, catalog, color: bool) -> str:  # type: ignore[no-untyp
         from kvguard.report.as_github import render
 
         return render(result, catalog)
-    from kvguard.report.as_text import render
+    from kvguard.report.as_text import TextOptions, render
 
-    return render(result, catalog, args.statistics, color, args.unsafe_fixes)
+    options = TextOptions(
+        full=args.format != "concise",
+        statistics=args.statistics,
+        color=color,
+        unsafe=args.unsafe_fixes,
+        quiet=args.quiet,
+    )
+    return render(result, catalog, options)
 
 
-def _fix(args, result, config, severities, catalog, color) -> int:  # type: ignore[no-untyped-def]
+def _fix(args, result, config, rules, catalog, color) -> int:  # type: ignore[no-untyped-def]
     """--fix / --diff: rewrite (or show), then report what remains, like ruff."""
     from dataclasses import replace as with_changes
 
@@ -208,36 +334,102 @@ def _fix(args, result, config, severities, catalog, color) -> int:  # type: igno
         result.index,
         unsafe=args.unsafe_fixes,
         write=args.fix and not args.diff,
-        severities=severities,
+        severities=rules.severities,
     )
     remaining = with_changes(outcome.result, fixed=outcome.fixed)
     verb = "Would fix" if args.diff else "Fixed"
     n, m = outcome.fixed, len(remaining.findings)
     line = f"{verb} {n} finding{'s' if n != 1 else ''} ({m} remaining)."
+    shown = _fixes_listing(outcome.files, catalog, verb) if args.show_fixes else ""
     if args.diff:
         diff = outcome.diff()
-        if diff:
+        if diff and not args.silent:
             sys.stdout.write(diff)
-        for error in remaining.errors:
-            print(f"{error.path}: error: {error.message}", file=sys.stderr)
-        print(line, file=sys.stderr)
+        if not args.silent:
+            for error in remaining.errors:
+                print(f"{error.located()}: error: {error.message}", file=sys.stderr)
+            if shown:
+                print(shown, file=sys.stderr)
+            if not args.quiet:
+                print(line, file=sys.stderr)
         if remaining.errors:
             return EXIT_ERROR
         return EXIT_FINDINGS if diff else EXIT_CLEAN
     text = _render(remaining, args, catalog, color)
-    if args.format == "text":
-        text = f"{text}\n{line}"
-    _emit(text, args.output_file, color and args.format == "text")
-    if remaining.errors:
-        return EXIT_ERROR
-    if remaining.findings and not args.exit_zero:
-        return EXIT_FINDINGS
-    return EXIT_CLEAN
+    if _textual(args):
+        parts = [text] if text else []
+        if shown:
+            parts.append(shown)
+        if not args.quiet:
+            parts.append(line)
+        text = "\n".join(parts)
+    _emit(text, args, color and _textual(args))
+    return _exit_code(args, remaining, changed=bool(outcome.files))
 
 
-def _emit(text: str, output: Path | None, color: bool) -> None:
-    if output is not None:
-        output.write_text(text + "\n", encoding="utf-8")
+def _fixes_listing(files, catalog, verb: str) -> str:  # type: ignore[no-untyped-def]
+    """ruff's --show-fixes: per file, how many findings of each rule were fixed."""
+    from collections import Counter
+
+    lines = []
+    total = 0
+    for file_fix in sorted(files, key=lambda f: f.display):
+        fixed = Counter(f.code for f in file_fix.before) - Counter(f.code for f in file_fix.after)
+        if not fixed:
+            continue
+        lines.append(f"- {file_fix.display}:")
+        for code, count in sorted(fixed.items()):
+            name = catalog[code].name if code in catalog else ""
+            lines.append(f"    {count} \u00d7 {code} ({name})")
+            total += count
+    if not lines:
+        return f"No findings {'would be ' if verb == 'Would fix' else ''}fixed."
+    return "\n".join([f"{verb} {total} finding{'s' if total != 1 else ''}:", *lines])
+
+
+def _fix_stdin(args, result, config, rules, catalog, color, stdin) -> int:  # type: ignore[no-untyped-def]
+    """--fix on stdin (what editors ask for): the fixed source on stdout, what remains on
+    stderr, as ruff does."""
+    from dataclasses import replace as with_changes
+
+    from kvguard.engine import lint_source
+    from kvguard.fix.apply import applicable, fix_source
+    from kvguard.fix.writer import FixError
+
+    text = stdin.text
+    wanted = any(applicable(f, args.unsafe_fixes) for f in result.findings)
+    remaining = result
+    fixed = 0
+    if wanted and not result.errors:
+        display = result.findings[0].path
+        try:
+            new_text = fix_source(text, display, config, result.index, unsafe=args.unsafe_fixes)
+        except FixError as exc:
+            from kvguard.findings import FileError
+
+            remaining = with_changes(
+                result, errors=[*result.errors, FileError(display, f"not fixed: {exc}")]
+            )
+        else:
+            after = lint_source(new_text, display, config, result.index, rules.severities)
+            fixed = len(result.findings) - len(after)
+            remaining = with_changes(result, findings=after)
+            text = new_text
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    remaining = with_changes(remaining, fixed=fixed)
+    report = _render(remaining, args, catalog, False)
+    if not args.silent and report:
+        sys.stderr.write(report + "\n")
+    return _exit_code(args, remaining, changed=fixed > 0)
+
+
+def _emit(text: str, args: argparse.Namespace, color: bool) -> None:
+    output: Path | None = args.output_file
+    if output is not None:  # a report asked for, even with --silent
+        output.write_text(text + "\n" if text else "", encoding="utf-8")
+    elif args.silent:
+        return
     elif color:
         from rich.console import Console
 

@@ -71,7 +71,12 @@ _LIST_KEYS = {
     "backend-bases": ("backend_bases", False),
     "extend-backend-bases": ("backend_bases", True),
 }
-_KEYS = {*_LIST_KEYS, "per-file-ignores"}
+# [tool.kvguard] boolean keys: key -> Config field.
+_BOOL_KEYS = {"force-exclude": "force_exclude", "respect-gitignore": "respect_gitignore"}
+_KEYS = {*_LIST_KEYS, *_BOOL_KEYS, "per-file-ignores"}
+# Files that hold settings, in the order they are looked for in each directory (ruff's
+# order); a pyproject.toml counts only with a [tool.kvguard] table.
+CONFIG_NAMES = (".kvguard.toml", "kvguard.toml", "pyproject.toml")
 
 
 class ConfigError(Exception):
@@ -88,6 +93,8 @@ class Config:
     kv_cache_list_names: tuple[str, ...] = DEFAULT_KV_CACHE_LIST_NAMES
     splitter_names: tuple[str, ...] = DEFAULT_SPLITTER_NAMES
     backend_bases: tuple[str, ...] = DEFAULT_BACKEND_BASES
+    force_exclude: bool = False  # apply exclude patterns to explicitly given files too
+    respect_gitignore: bool = True  # walks skip what git ignores
     source: str = field(default="", compare=False)  # the file it was read from, if any
 
     def enabled(self, code: str, path: str = "") -> bool:
@@ -162,12 +169,17 @@ def _strings(table: dict[str, object], key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def find_pyproject(start: Path) -> Path | None:
-    """The nearest pyproject.toml with a [tool.kvguard] table, looking upward from start."""
+def find_config(start: Path) -> Path | None:
+    """The nearest settings file, looking upward from start: ``.kvguard.toml`` or
+    ``kvguard.toml``, or a ``pyproject.toml`` with a [tool.kvguard] table."""
     start = start.resolve()
     for directory in (start, *start.parents) if start.is_dir() else start.parents:
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file():
+        for name in CONFIG_NAMES:
+            candidate = directory / name
+            if not candidate.is_file():
+                continue
+            if name != "pyproject.toml":
+                return candidate
             try:
                 data = tomllib.loads(candidate.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -199,7 +211,13 @@ def load_config(path: Path | None) -> Config:
             if key in table and extends == extending:
                 base = changes.get(name, getattr(Config, name)) if extends else ()
                 changes[name] = (*base, *_strings(table, key, where))
-    config = Config(source=str(path), **changes)  # type: ignore[arg-type]
+    flags: dict[str, bool] = {}
+    for key, name in _BOOL_KEYS.items():
+        if key in table:
+            if not isinstance(table[key], bool):
+                raise ConfigError(f"{where}: '{key}' must be true or false")
+            flags[name] = table[key]
+    config = Config(source=str(path), **changes, **flags)  # type: ignore[arg-type]
     if "per-file-ignores" in table:
         pfi = table["per-file-ignores"]
         if not isinstance(pfi, dict):

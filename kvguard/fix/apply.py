@@ -31,6 +31,7 @@ from kvguard.lint.index import ProjectIndex
 from kvguard.lint.positions import PositionWrapper
 from kvguard.lint.views import same_views
 from kvguard.suppression import is_suppressed, line_suppressions
+from kvguard.textdiff import unified_diff
 
 
 def _lines(text: str) -> list[str]:
@@ -54,13 +55,11 @@ class FileFix:
         return len(self.before) - len(self.after)
 
     def diff(self) -> str:
-        return "".join(
-            difflib.unified_diff(
-                _lines(self.source.text),
-                _lines(self.new_text),
-                fromfile=f"a/{self.display}",
-                tofile=f"b/{self.display}",
-            )
+        return unified_diff(  # linear in the file, unlike difflib's
+            _lines(self.source.text),
+            _lines(self.new_text),
+            fromfile=f"a/{self.display}",
+            tofile=f"b/{self.display}",
         )
 
 

@@ -1,4 +1,5 @@
-"""The rules' judgements over a collected file model; each yields (node, code, message)."""
+"""The rules' judgements over a collected file model; each registers itself (``@rule``) and
+yields reports: a node, a code, a one-line message and its explanation."""
 
 from __future__ import annotations
 
@@ -7,35 +8,39 @@ from collections.abc import Iterator
 import libcst as cst
 
 from kvguard.lint.checker import FileModel, SplitSite
+from kvguard.lint.code_text import one_line
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.layouts import LayoutDecl
+from kvguard.lint.registry import Message, Report, rule
 from kvguard.lint.spans import LAYOUT_METHODS
 
-Report = tuple[cst.CSTNode, str, str]
-
 _FIX_HINT = (
-    "route it through one splitter method (e.g. `key_cache, value_cache = "
+    "Route it through one splitter method (e.g. `key_cache, value_cache = "
     "self._split_kv_cache(kv_cache)`) or `kvguard.runtime.split_kv_cache(kv_cache, layout)`"
 )
 
 
-def _code(model: FileModel, node: cst.CSTNode) -> str:
-    text = model.code(node).strip()
-    return text if len(text) <= 60 else text[:57] + "..."
+def _code(model: FileModel, node: cst.CSTNode, limit: int = 40) -> str:
+    """A node's source for a one-line message: comments dropped, lines joined, shortened."""
+    return one_line(model.code(node), limit)
 
 
-def raw_kv_split(model: FileModel) -> Iterator[Report]:
+@rule("KVG001")
+def raw_kv_split(model: FileModel, index: ProjectIndex) -> Iterator[Report]:
     """KVG001: a split outside a sanctioned splitter."""
     for site in model.sites:
         if site.in_splitter:
             continue
         split = site.split
-        yield (
+        yield Report(
             split.node,
             "KVG001",
-            f"raw K/V split `{_code(model, split.node)}` assumes "
-            f"{split.describe_axis()} of `{split.receiver.root}`; {_FIX_HINT} so every layer "
-            "sharing the allocation agrees on the layout (vLLM #43945)",
+            Message(
+                f"raw K/V split `{_code(model, split.node)}` assumes "
+                f"{split.describe_axis()} of `{one_line(split.receiver.root, 30)}`",
+                f"{_FIX_HINT} so every layer sharing the allocation agrees on the layout "
+                "(vLLM #43945)",
+            ),
         )
 
 
@@ -75,6 +80,7 @@ def _effective_axis(site: SplitSite, layout: LayoutDecl) -> int | str | None:
     return axis
 
 
+@rule("KVG002")
 def split_contradicts_layout(model: FileModel, index: ProjectIndex) -> Iterator[Report]:
     """KVG002: the split axis is not where the owning backend declares K/V."""
     for site in model.sites:
@@ -96,16 +102,20 @@ def split_contradicts_layout(model: FileModel, index: ProjectIndex) -> Iterator[
         if not allowed or axis in allowed:
             continue
         where = ", ".join(str(a) for a in sorted(allowed))
-        yield (
+        yield Report(
             site.split.node,
             "KVG002",
-            f"`{_code(model, site.split.node)}` splits axis {axis}, but "
-            f"{backend.name} declares {layout.describe()} (K/V on axis {where}); this reads "
-            f"another block's bytes instead of K or V — split on axis {where} or fix the "
-            "declared shape",
+            Message(
+                f"`{_code(model, site.split.node)}` splits axis {axis}, but "
+                f"{backend.name} puts K/V on axis {where}",
+                f"{backend.name} declares {layout.describe()}; this split reads another "
+                f"block's bytes instead of K or V. Split on axis {where} or fix the declared "
+                "shape",
+            ),
         )
 
 
+@rule("KVG003")
 def layout_diverges_from_base(model: FileModel, index: ProjectIndex) -> Iterator[Report]:
     """KVG003: a backend declares a K/V arrangement its base backend does not share."""
     for div in index.divergences():
@@ -123,14 +133,17 @@ def layout_diverges_from_base(model: FileModel, index: ProjectIndex) -> Iterator
         if div.backend_packing:
             mine = " or ".join(sorted(div.backend_packing)) + f" ({mine})"
             theirs = " or ".join(sorted(div.base_packing)) + f" ({theirs})"
-        yield (
+        yield Report(
             anchor,
             "KVG003",
-            f"{div.backend.name} declares {mine} but its base "
-            f"{div.base.name} declares {theirs}, and {div.backend.name} "
-            "supports ENCODER_DECODER: layers of both backends can share one allocation, so "
-            "one block id addresses different bytes. Keep the base's layout, or split through "
-            "one splitter that re-strides ENCODER_DECODER views onto it (vLLM #43945)",
+            Message(
+                f"{div.backend.name} supports ENCODER_DECODER with another K/V layout than "
+                f"its base {div.base.name}",
+                f"{div.backend.name} declares {mine} but its base {div.base.name} declares "
+                f"{theirs}: layers of both backends can share one allocation, so one block id "
+                "addresses different bytes. Keep the base's layout, or split through one "
+                "splitter that re-strides ENCODER_DECODER views onto it (vLLM #43945)",
+            ),
         )
 
 
@@ -144,25 +157,22 @@ def scattering_classes(model: FileModel) -> dict[str, list[str | None]]:
     return {name: found for name, found in methods.items() if len(found) >= 2}
 
 
-def scattered_splits(model: FileModel) -> Iterator[Report]:
+@rule("KVG004")
+def scattered_splits(model: FileModel, index: ProjectIndex) -> Iterator[Report]:
     """KVG004: one class splits the cache inline in more than one method."""
     for name, methods in scattering_classes(model).items():
         cls = model.class_def(name)
         if cls is None:
             continue
-        yield (
+        shown = ", ".join(str(m) for m in methods[:3])
+        more = f" and {len(methods) - 3} more" if len(methods) > 3 else ""
+        yield Report(
             cls.name,
             "KVG004",
-            f"{name} splits the KV cache inline in {len(methods)} methods "
-            f"({', '.join(str(m) for m in methods)}); add one `_split_kv_cache(self, kv_cache)` "
-            "method and call it everywhere, so a layout change is made in one place (vLLM #43945)",
+            Message(
+                f"{name} splits the KV cache inline in {len(methods)} methods ({shown}{more})",
+                f"It splits in {', '.join(str(m) for m in methods)}. Add one "
+                "`_split_kv_cache(self, kv_cache)` method and call it everywhere, so a layout "
+                "change is made in one place (vLLM #43945)",
+            ),
         )
-
-
-def run_rules(model: FileModel, index: ProjectIndex) -> list[Report]:
-    return [
-        *raw_kv_split(model),
-        *split_contradicts_layout(model, index),
-        *layout_diverges_from_base(model, index),
-        *scattered_splits(model),
-    ]

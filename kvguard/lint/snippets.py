@@ -68,8 +68,6 @@ class Snippets:
         except cst.ParserSyntaxError as exc:
             index = min(max(exc.raw_line, 1), len(line_map)) - 1
             raise SnippetError(line_map[index], exc.message) from None
-        except RecursionError:
-            raise SnippetError(spans[0][0], "nesting too deep for libcst") from None
         wrapper = PositionWrapper(module, unsafe_skip_copy=True)
         self._parsed.append((wrapper, line_map))
         self._positions.append(None)

@@ -1,4 +1,4 @@
-"""Output formats of ``kvguard check``: text (ruff-like), json, sarif, github."""
+"""Output formats of ``kvguard check``: full and concise text (ruff-like), json, sarif, github."""
 
 from __future__ import annotations
 
@@ -16,5 +16,7 @@ def summary(result: Result) -> dict[str, object]:
         "by_code": dict(sorted(counts.items())),
         "files_with_findings": len({f.path for f in result.findings}),
         "fixable": sum(f.fix is not None for f in result.findings),
+        "suppressed": len(result.suppressed),
+        "warnings": len(result.notices),
         **({"fixed": result.fixed} if result.fixed is not None else {}),
     }

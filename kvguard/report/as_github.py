@@ -1,4 +1,4 @@
-"""GitHub Actions workflow commands: one annotation per finding or error."""
+"""GitHub Actions workflow commands: one annotation per finding, warning or error."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def render(result: Result, catalog: dict[str, Rule]) -> str:
             f"endLine={f.end_line},endColumn={f.end_column},title={_prop(title)}::"
             f"{_data(f'{f.code} {f.message}')}"
         )
+    for n in result.notices:
+        lines.append(
+            f"::warning file={_prop(n.path)},line={n.line},col={n.column},title=kvguard::"
+            f"{_data(n.message)}"
+        )
     for e in result.errors:
-        lines.append(f"::error file={_prop(e.path)},title=kvguard::{_data(e.message)}")
+        where = f",line={e.line}" if e.line else ""
+        where += f",col={e.column}" if e.line and e.column else ""
+        lines.append(f"::error file={_prop(e.path)}{where},title=kvguard::{_data(e.message)}")
     return "\n".join(lines)

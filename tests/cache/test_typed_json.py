@@ -10,7 +10,7 @@ import pytest
 from kvguard.cache import _RECORD, Stamp
 from kvguard.config import Config
 from kvguard.engine import kv_names, scan_source
-from kvguard.findings import FileError, Finding, FixInfo
+from kvguard.findings import FileError, Finding, FixInfo, Notice
 from kvguard.lint.facts import FileFacts
 from kvguard.typed_json import ShapeError, decoder, encoder
 from tests.vllm_sources import vllm_tree
@@ -35,9 +35,20 @@ def test_the_facts_of_real_backends_round_trip() -> None:
 
 
 def test_a_record_round_trips() -> None:
-    finding = Finding("a.py", 2, 30, 2, 48, "KVG001", "error", "m", FixInfo("safe", "f"))
+    finding = Finding("a.py", 2, 30, 2, 48, "KVG001", "error", "m", fix=FixInfo("safe", "f"))
     error = FileError("a.py", "bad")
-    record = ("/a.py", Stamp(1, 2, 3, 4, 5), "h", 5, FileFacts(()), error, "k", (finding,))
+    notice = Notice("a.py", 2, 50, "unused suppression")
+    record = (
+        "/a.py",
+        Stamp(1, 2, 3, 4, 5),
+        "h",
+        5,
+        FileFacts(()),
+        error,
+        "k",
+        (finding,),
+        (notice,),
+    )
     back = _round_trip(_RECORD, record)
     assert back == record
     assert back[7][0].fix == finding.fix  # Finding's equality leaves out the fix

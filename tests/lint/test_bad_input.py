@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def _check_reports(kvguard, root: Path, name: str, needles: tuple[str, ...], arg
     assert locations(text.stdout) == [NEIGHBOUR]
     errors = [line for line in text.stdout.splitlines() if ": error: " in line]
     assert len(errors) == 1, text.stdout
-    assert errors[0].startswith(f"{name}: error: "), errors
+    assert re.match(rf"{re.escape(name)}(:\d+(:\d+)?)?: error: ", errors[0]), errors
     for needle in needles:
         assert needle in errors[0], (needle, errors[0])
     assert text.stdout.splitlines()[-1].endswith(" 1 path could not be analyzed.")
@@ -50,15 +51,15 @@ def test_syntax_error(kvguard, tree: Path) -> None:
     write(
         tree, "syntax.py", "def forward(self, kv_cache):\n    k, v = kv_cache.unbind(0\n\nx = 1\n"
     )
-    _check_reports(kvguard, tree, "syntax.py", ("line 2", "syntax error"))
+    line = _check_reports(kvguard, tree, "syntax.py", ("syntax error",))
+    assert line.startswith("syntax.py:2:")
 
 
 def test_syntax_error_explicit_path(kvguard, tree: Path) -> None:
     write(tree, "syntax.py", "kv_cache = 1\ndef f(:\n    pass\n")
-    line = _check_reports(kvguard, tree, "syntax.py", ("line 2",), args=("bad.py", "syntax.py"))
-    assert (
-        line == "syntax.py: error: line 2: syntax error: invalid syntax; "
-        "kvguard analyzes only valid Python"
+    line = _check_reports(kvguard, tree, "syntax.py", (), args=("bad.py", "syntax.py"))
+    assert line == (
+        "syntax.py:2:7: error: syntax error: invalid syntax; kvguard analyzes only valid Python"
     )
 
 
@@ -76,7 +77,8 @@ def test_syntax_error_in_a_file_without_kv_names(kvguard, tree: Path) -> None:
 
 def test_non_utf8_bytes(kvguard, tree: Path) -> None:
     write(tree, "latin.py", b"x = 1\ns = '\xff\xfe caf\xe9'\n")
-    _check_reports(kvguard, tree, "latin.py", ("line 2", "0xff", "utf-8"))
+    line = _check_reports(kvguard, tree, "latin.py", ("0xff", "utf-8"))
+    assert line.startswith("latin.py:2: error: ")
 
 
 def test_undeclared_encoding_in_cookie(kvguard, tree: Path) -> None:
@@ -86,7 +88,8 @@ def test_undeclared_encoding_in_cookie(kvguard, tree: Path) -> None:
 
 def test_nul_bytes(kvguard, tree: Path) -> None:
     write(tree, "nul.py", b"x = 1\ny = 2\x00\nkv_cache = 3\n")
-    _check_reports(kvguard, tree, "nul.py", ("line 2", "NUL"))
+    line = _check_reports(kvguard, tree, "nul.py", ("NUL",))
+    assert line.startswith("nul.py:2: error: ")
 
 
 def test_binary_file_with_py_suffix(kvguard, tree: Path) -> None:
@@ -99,7 +102,11 @@ def test_empty_file_is_clean(kvguard, tmp_path: Path) -> None:
     write(tmp_path, "blank.py", "\n\n   \n")
     before = tree_state(tmp_path)
     proc = kvguard("check", ".")
-    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "All checks passed (2 files).\n", "")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        0,
+        "All checks passed (2 files checked).\n",
+        "",
+    )
     assert tree_state(tmp_path) == before
 
 

@@ -204,7 +204,7 @@ def test_extend_splitter_names(kvguard, tmp_path: Path) -> None:
     assert locations(before.stdout) == ["m.py:3:13: KVG001", "m.py:4:13: KVG001"]
     _pyproject(tmp_path, 'extend-splitter-names = ["carve"]\n')
     after = kvguard("check", ".")
-    assert (after.returncode, after.stdout) == (0, "All checks passed (1 file).\n")
+    assert (after.returncode, after.stdout) == (0, "All checks passed (1 file checked).\n")
 
 
 def test_splitter_names_replaces_the_defaults(kvguard, tmp_path: Path) -> None:
@@ -391,7 +391,7 @@ def test_backend_bases_make_subclasses_backends(kvguard, tmp_path: Path) -> None
     _pyproject(tmp_path, 'backend-bases = ["PagedBase"]\n')
     after = kvguard("check", "--format", "json", ".")
     assert _codes_by_path(after) == [("backends.py", "KVG003")]
-    assert "BlocksFirst declares blocks-first" in _json(after)["findings"][0]["message"]
+    assert "BlocksFirst declares blocks-first" in _json(after)["findings"][0]["explanation"]
     assert _json(after)["findings"][0]["line"] == 13  # its get_kv_cache_shape
 
 

@@ -56,7 +56,7 @@ def test_same_class_names_in_two_modules(
     kvg002 = [(f.path, f.line) for f in findings if f.code == "KVG002"]
     assert kvg002 == [("pkg/blocks_impl.py", 3)]
     assert "Backend declares blocks-first" in next(
-        f.message for f in findings if f.code == "KVG002"
+        f.explanation for f in findings if f.code == "KVG002"
     )
 
 

@@ -110,8 +110,59 @@ def _user_repo(root: Path, hook: tuple[Path, str, dict[str, str]]) -> Path:
 def test_hook_definition() -> None:
     text = (REPO_ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
     assert "- id: kvguard\n" in text
-    assert "entry: kvguard check" in text
+    assert "entry: kvguard check --force-exclude" in text
     assert "language: python" in text
+    assert "require_serial: true" in text
+
+
+def _commit(repo: Path, env: dict[str, str], message: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["git", "commit", "--no-gpg-sign", "-m", message],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+
+
+def test_a_subclass_committed_alone_is_judged_against_its_base_elsewhere(
+    hook_repo: tuple[Path, str, dict[str, str]], tmp_path: Path
+) -> None:
+    """pre-commit hands the hook only the staged file; KVG003 needs the base class, which
+    lives in a committed, unchanged file. The project index reads it anyway."""
+    env = hook_repo[2]
+    repo = _user_repo(tmp_path / "user", hook_repo)
+    examples = REPO_ROOT / "examples" / "backends"
+    write(repo, "backends/base.py", (examples / "base.py").read_text(encoding="utf-8"))
+    _git(repo, env, "add", "-A")
+    _git(repo, env, "commit", "-q", "--no-verify", "--no-gpg-sign", "-m", "base")
+    install = _pre_commit(repo, env, "install")
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    write(repo, "backends/buggy.py", (examples / "buggy.py").read_text(encoding="utf-8"))
+    _git(repo, env, "add", "backends/buggy.py")
+    commit = _commit(repo, env, "a subclass with its own layout")
+    out = commit.stdout + commit.stderr
+    assert commit.returncode != 0, out
+    assert "backends/buggy.py:18:9: KVG003 BlocksFirstBackend supports ENCODER_DECODER" in out
+    assert "its base PagedBackend" in out
+    assert "backends/base.py" not in out  # only the staged file is reported
+
+
+def test_force_exclude_keeps_excluded_staged_files_out(
+    hook_repo: tuple[Path, str, dict[str, str]], tmp_path: Path
+) -> None:
+    env = hook_repo[2]
+    repo = _user_repo(tmp_path / "user", hook_repo)
+    write(repo, "pyproject.toml", '[tool.kvguard]\nextend-exclude = ["third_party"]\n')
+    write(repo, "third_party/vendored.py", BAD_SOURCE)
+    write(repo, "mine.py", GOOD_SOURCE)
+    _git(repo, env, "add", "-A")
+    run = _pre_commit(repo, env, "run", "--all-files")
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "third_party" not in out
 
 
 def test_hook_fails_on_a_split_and_passes_once_fixed(

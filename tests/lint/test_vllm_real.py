@@ -62,7 +62,7 @@ def test_post_43660_state_is_flagged_at_all_three_sites(tree_023, tmp_path):
     assert len(kvg003) == 1
     assert "RocmAiterUnifiedAttentionBackend" in kvg003[0].message
     assert "RocmAttentionBackend" in kvg003[0].message
-    assert "blocks-first" in kvg003[0].message and "K/V-first" in kvg003[0].message
+    assert "blocks-first" in kvg003[0].explanation and "K/V-first" in kvg003[0].explanation
     assert any(
         f.code == "KVG004" and "RocmAiterUnifiedAttentionImpl" in f.message for f in findings
     )
@@ -88,8 +88,8 @@ def test_033_aiter_packing_diverges_from_rocm_head_slots():
     finding = kvg003[0]
     assert finding.path.endswith(AITER)
     assert aiter.splitlines()[finding.line - 1].strip().startswith("def customize_spec(")
-    assert "RocmAttentionBackend declares K and V as two head slots" in finding.message
-    assert "RocmAiterUnifiedAttentionBackend declares K|V packed" in finding.message
+    assert "RocmAttentionBackend declares K and V as two head slots" in finding.explanation
+    assert "RocmAiterUnifiedAttentionBackend declares K|V packed" in finding.explanation
 
 
 @pytest.mark.parametrize(
