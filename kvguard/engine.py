@@ -33,6 +33,7 @@ from kvguard.findings import FileError, Finding, FixInfo
 from kvguard.lint.facts import FileFacts, scan
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
+from kvguard.lint.value_facts import merge
 from kvguard.suppression import ignores_file, is_suppressed, line_suppressions
 
 if TYPE_CHECKING:
@@ -307,12 +308,14 @@ def build_index(facts: dict[str, FileFacts | None], config: Config) -> ProjectIn
         (c for f in facts.values() if f for c in f.classes),
         config.backend_bases,
         {path: f.imports for path, f in facts.items() if f and f.imports},
+        merge(f.values for f in facts.values() if f and not f.values.empty),
     )
 
 
 def index_key(facts: Iterable[FileFacts]) -> str:
     payload = sorted(repr(c) for f in facts for c in f.classes)
     payload += sorted(repr(sorted(f.imports.items())) for f in facts if f.imports)
+    payload += sorted(repr(f.values) for f in facts if not f.values.empty)
     return hashlib.sha256("\n".join(payload).encode()).hexdigest()[:16]
 
 

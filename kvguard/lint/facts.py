@@ -42,6 +42,7 @@ from kvguard.lint.spans import (
     line_offsets,
     source_lines,
 )
+from kvguard.lint.value_facts import NO_VALUE_FACTS, ValueFacts, file_value_facts
 
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -74,6 +75,7 @@ class FileFacts:
     # names bound by ``from M import N [as local]``: local -> (M as a path stem, N);
     # a relative M is already joined to this file's directory
     imports: dict[str, tuple[str, str]] = field(default_factory=dict)
+    values: ValueFacts = NO_VALUE_FACTS  # type aliases, tuple-returning functions, bindings
 
     @property
     def candidate(self) -> bool:
@@ -402,6 +404,7 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
         units=tuple(units),
         class_spans=spans_by_name,
         imports=_imports(tree.body, path),
+        values=file_value_facts(tree, names),
     )
 
 

@@ -1,0 +1,168 @@
+"""The kinds of value the rules tell apart, and the project-level facts about them.
+
+``values`` (libcst) reads the evidence inside one function. Some of it lives elsewhere in
+the project, so the stdlib ``ast`` pass collects it per file (``FileFacts.values``) and the
+project index merges it (``ProjectIndex.values``):
+
+- type aliases (``KVCache = tuple[torch.Tensor, torch.Tensor]``), by name;
+- functions whose return annotation is a sequence type (``-> tuple[Tensor, Tensor]``),
+  by name: calling one gives a pair;
+- how the runner binds caches: every value stored under a cache-list name
+  (``kv_caches[name] = (k, v)``, ``kv_caches.append((k, v))``). When each one of them in
+  the whole project is a tuple/list display, an element of that container is a pair.
+
+A name defined with different kinds in different places says nothing (it is dropped).
+This module imports no libcst: the scan workers run it before libcst is loaded.
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from kvguard.lint.names import KvNames
+
+
+class Kind(enum.Enum):
+    CACHE = "tensor with a K/V axis"
+    PAIR = "tuple/list of tensors"
+    LIST = "per-layer container"
+    STATE = "state tuple"
+    LATENT = "latent or single-tensor cache"
+    LOCAL = "local allocation"
+
+
+# Spellings of Python sequence types, bare or from ``typing``/``collections.abc``.
+SEQUENCE_TYPES = frozenset({"tuple", "list", "Tuple", "List", "Sequence", "MutableSequence"})
+# Spellings of a tensor type (torch's, numpy's, jax's).
+TENSOR_TYPES = frozenset({"Tensor", "ndarray", "Array"})
+
+
+@dataclass(frozen=True)
+class ValueFacts:
+    """Per file (from the ast), then merged over the project."""
+
+    type_aliases: dict[str, Kind] = field(default_factory=dict)
+    # function name -> whether its return annotation is a sequence type
+    returns: dict[str, bool] = field(default_factory=dict)
+    # cache-list name -> whether every value stored in it is a tuple/list display
+    stored_pairs: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def pair_returning(self) -> frozenset[str]:
+        return frozenset(name for name, pair in self.returns.items() if pair)
+
+    @property
+    def pair_lists(self) -> frozenset[str]:
+        return frozenset(name for name, pair in self.stored_pairs.items() if pair)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.type_aliases or self.returns or self.stored_pairs)
+
+
+NO_VALUE_FACTS = ValueFacts()
+
+
+def merge(per_file: Iterable[ValueFacts]) -> ValueFacts:
+    """One project's facts: a name whose files disagree is dropped."""
+    aliases: dict[str, Kind | None] = {}
+    returns: dict[str, bool] = {}
+    stored: dict[str, bool] = {}
+    for facts in per_file:
+        for name, kind in facts.type_aliases.items():
+            aliases[name] = kind if aliases.get(name, kind) is kind else None
+        for name, pair in facts.returns.items():
+            returns[name] = returns.get(name, True) and pair
+        for name, pair in facts.stored_pairs.items():
+            stored[name] = stored.get(name, True) and pair
+    return ValueFacts({n: k for n, k in aliases.items() if k is not None}, returns, stored)
+
+
+def _dotted(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def annotation_kind(node: ast.expr | None) -> Kind | None:
+    """PAIR for a sequence type, CACHE for a tensor type (``values.type_kind``'s rules)."""
+    if node is None:
+        return None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        parts = [node.left, node.right]
+        kinds = {annotation_kind(p) for p in parts if _dotted(p) != "None"}
+        return kinds.pop() if len(kinds) == 1 else None
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try:
+            return annotation_kind(ast.parse(node.value, mode="eval").body)
+        except SyntaxError:
+            return None
+    head = node.value if isinstance(node, ast.Subscript) else node
+    tail = _dotted(head).rsplit(".", 1)[-1]
+    if tail in SEQUENCE_TYPES:
+        return Kind.PAIR
+    if tail in TENSOR_TYPES:
+        return Kind.CACHE
+    if tail == "Optional" and isinstance(node, ast.Subscript):
+        return annotation_kind(node.slice)
+    return None
+
+
+def _is_pair_display(value: ast.expr) -> bool:
+    if isinstance(value, (ast.Tuple, ast.List)):
+        return len(value.elts) >= 2
+    return isinstance(value, ast.Call) and _dotted(value.func) in ("tuple", "list")
+
+
+def _list_name(target: ast.expr, names: KvNames) -> str | None:
+    tail = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
+    return tail if tail is not None and names.is_cache_list(tail) else None
+
+
+def file_value_facts(tree: ast.Module, names: KvNames) -> ValueFacts:
+    aliases: dict[str, Kind] = {}
+    for stmt in tree.body:
+        if (
+            isinstance(stmt, ast.Assign)
+            and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Name)
+            and isinstance(stmt.value, ast.Subscript)
+        ):
+            kind = annotation_kind(stmt.value)
+            if kind is not None:
+                aliases[stmt.targets[0].id] = kind
+        elif (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and _dotted(stmt.annotation).endswith("TypeAlias")
+        ):
+            kind = annotation_kind(stmt.value)
+            if kind is not None:
+                aliases[stmt.target.id] = kind
+    returns: dict[str, bool] = {}
+    stored: dict[str, bool] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
+            pair = annotation_kind(node.returns) is Kind.PAIR
+            returns[node.name] = returns.get(node.name, True) and pair
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Subscript):
+                    name = _list_name(target.value, names)
+                    if name is not None:
+                        stored[name] = stored.get(name, True) and _is_pair_display(node.value)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "append"
+            and len(node.args) == 1
+        ):
+            name = _list_name(node.func.value, names)
+            if name is not None:
+                stored[name] = stored.get(name, True) and _is_pair_display(node.args[0])
+    return ValueFacts(aliases, returns, stored)
