@@ -173,7 +173,7 @@ class _FunctionScan:
             handler = handlers.get(type(node))
             if handler is not None:
                 handler(node)  # type: ignore[operator]
-                if here is not NO_FACTS and isinstance(node, candidates):
+                if here is not NO_FACTS and type(node) in candidates:
                     self.facts_at[id(node)] = here
 
 

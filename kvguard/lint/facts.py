@@ -404,7 +404,7 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
         units=tuple(units),
         class_spans=spans_by_name,
         imports=_imports(tree.body, path),
-        values=file_value_facts(tree, names),
+        values=file_value_facts(tree, names, text, (func for func, _ in functions)),
     )
 
 

@@ -253,6 +253,16 @@ class KvNames:
                 return True
         return False
 
+    def cache_list_words(self, text: str) -> Iterator[tuple[int, str]]:
+        """(offset, word) of each word that names a list of caches (all of them when the
+        patterns have no literal piece)."""
+        cores = _cores(self.cache_list)
+        if cores is None:
+            found = ((m.start(), m.group(0)) for m in self._word_re.finditer(text))
+        else:
+            found = self._words(text, cores)
+        return ((offset, word) for offset, word in found if self.is_cache_list(word))
+
     def receiver_words(self, text: str) -> list[int] | None:
         """Sorted offsets of the words that name a cache or a list of caches where they can
         start a receiver (every receiver the rules accept starts from one); None when the

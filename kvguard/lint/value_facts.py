@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import ast
 import enum
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from kvguard.lint.names import KvNames
+from kvguard.lint.prescreen import walk
 
 
 class Kind(enum.Enum):
@@ -124,7 +126,19 @@ def _list_name(target: ast.expr, names: KvNames) -> str | None:
     return tail if tail is not None and names.is_cache_list(tail) else None
 
 
-def file_value_facts(tree: ast.Module, names: KvNames) -> ValueFacts:
+# What follows a container's name where it is filled: ``[name] = ...``, ``.append(``.
+_STORE = re.compile(r"\s*(?:\[[^\]\n]*\]\s*=(?!=)|\.\s*append\s*\()")
+
+
+def file_value_facts(
+    tree: ast.Module,
+    names: KvNames,
+    text: str,
+    functions: Iterable[ast.FunctionDef | ast.AsyncFunctionDef],
+) -> ValueFacts:
+    """The file's type aliases, annotated returns (of the functions outside function
+    bodies) and container stores. Only a file whose text stores into a cache-list name
+    is walked for stores; the rest costs a look at its top-level statements."""
     aliases: dict[str, Kind] = {}
     for stmt in tree.body:
         if (
@@ -145,24 +159,47 @@ def file_value_facts(tree: ast.Module, names: KvNames) -> ValueFacts:
             if kind is not None:
                 aliases[stmt.target.id] = kind
     returns: dict[str, bool] = {}
+    for func in functions:
+        if func.returns is not None:
+            pair = annotation_kind(func.returns) is Kind.PAIR
+            returns[func.name] = returns.get(func.name, True) and pair
     stored: dict[str, bool] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
-            pair = annotation_kind(node.returns) is Kind.PAIR
-            returns[node.name] = returns.get(node.name, True) and pair
-        elif isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Subscript):
-                    name = _list_name(target.value, names)
-                    if name is not None:
-                        stored[name] = stored.get(name, True) and _is_pair_display(node.value)
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "append"
-            and len(node.args) == 1
-        ):
-            name = _list_name(node.func.value, names)
-            if name is not None:
-                stored[name] = stored.get(name, True) and _is_pair_display(node.args[0])
+    offsets = [
+        at for at, word in names.cache_list_words(text) if _STORE.match(text, at + len(word))
+    ]
+    if offsets:
+        lines = {text.count("\n", 0, at) + 1 for at in offsets}
+        for stmt in _statements_at(tree.body, lines):
+            for node in walk(stmt):
+                _store(node, names, stored)
     return ValueFacts(aliases, returns, stored)
+
+
+def _statements_at(body: list[ast.stmt], lines: set[int]) -> Iterator[ast.stmt]:
+    """The statements whose lines hold one of ``lines``: functions and other statements
+    whole, classes by the statements of their body."""
+    for stmt in body:
+        end = stmt.end_lineno or stmt.lineno
+        if any(stmt.lineno <= line <= end for line in lines):
+            if isinstance(stmt, ast.ClassDef):
+                yield from _statements_at(stmt.body, lines)
+            else:
+                yield stmt
+
+
+def _store(node: ast.AST, names: KvNames, stored: dict[str, bool]) -> None:
+    if isinstance(node, ast.Assign):
+        for target in node.targets:
+            if isinstance(target, ast.Subscript):
+                name = _list_name(target.value, names)
+                if name is not None:
+                    stored[name] = stored.get(name, True) and _is_pair_display(node.value)
+    elif (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "append"
+        and len(node.args) == 1
+    ):
+        name = _list_name(node.func.value, names)
+        if name is not None:
+            stored[name] = stored.get(name, True) and _is_pair_display(node.args[0])

@@ -414,27 +414,35 @@ def walk_with_facts(
     while stack:
         node, here = stack.pop()
         yield node, here
+        kind = type(node)
         below: list[tuple[cst.CSTNode, Facts]]
-        if isinstance(node, (cst.If, cst.While)):
-            true, false = guard_facts(node.test, aliases)
-            below = [(node.test, here), (node.body, here.add(true))]
-            if node.orelse is not None:
-                below.append((node.orelse, here.add(false)))
-        elif isinstance(node, cst.IfExp):
-            true, false = guard_facts(node.test, aliases)
-            below = [(node.body, here.add(true)), (node.test, here), (node.orelse, here.add(false))]
-        elif isinstance(node, cst.BooleanOperation):
-            true, false = guard_facts(node.left, aliases)
-            right = true if isinstance(node.operator, cst.And) else false
-            below = [(node.left, here), (node.right, here.add(_kinds_only(right)))]
-        elif isinstance(node, (cst.IndentedBlock, cst.Module, cst.SimpleStatementSuite)):
+        if kind is cst.If or kind is cst.While:
+            true, false = guard_facts(node.test, aliases)  # type: ignore[attr-defined]
+            below = [(node.test, here), (node.body, here.add(true))]  # type: ignore[attr-defined]
+            if node.orelse is not None:  # type: ignore[attr-defined]
+                below.append((node.orelse, here.add(false)))  # type: ignore[attr-defined]
+        elif kind is cst.IfExp:
+            true, false = guard_facts(node.test, aliases)  # type: ignore[attr-defined]
+            below = [
+                (node.body, here.add(true)),  # type: ignore[attr-defined]
+                (node.test, here),  # type: ignore[attr-defined]
+                (node.orelse, here.add(false)),  # type: ignore[attr-defined]
+            ]
+        elif kind is cst.BooleanOperation:
+            true, false = guard_facts(node.left, aliases)  # type: ignore[attr-defined]
+            right = true if type(node.operator) is cst.And else false  # type: ignore[attr-defined]
+            below = [(node.left, here), (node.right, here.add(_kinds_only(right)))]  # type: ignore[attr-defined]
+        elif kind in _SEQUENCES:
             below = []
-            for statement in node.body:
+            for statement in node.body:  # type: ignore[attr-defined]
                 below.append((statement, here))
                 here = _after(statement, here, aliases)
         else:
             below = [(child, here) for child in children(node)]
         stack.extend(reversed(below))
+
+
+_SEQUENCES = frozenset({cst.IndentedBlock, cst.Module, cst.SimpleStatementSuite})
 
 
 # -- latents ----------------------------------------------------------------------------
