@@ -37,6 +37,7 @@ class Project:
     # last rule that matches a path decides; no rule matching means not covered
     scope: tuple[tuple[str, bool], ...]
     held_out: bool  # not looked at while the rules were designed
+    sdist: bool = False  # only an sdist exists, whose metadata pip cannot prepare here
 
     @property
     def version(self) -> str:
@@ -65,6 +66,7 @@ def projects() -> dict[str, Project]:
             package=item["package"],
             scope=tuple((str(glob), bool(covered)) for glob, covered in item["scope"]),
             held_out=bool(item.get("held_out", False)),
+            sdist=bool(item.get("sdist", False)),
         )
         for name, item in raw.items()
         if not name.startswith("_")
@@ -103,6 +105,44 @@ def _extract(archive: Path, package: str, tree: Path) -> None:
                 target.write_bytes(source.read())
 
 
+def _download_sdist(project: Project, directory: Path) -> str:
+    """Save the pinned sdist as pip finds it on its index, without building it.
+
+    ``pip download --no-binary :all:`` prepares an sdist's metadata after downloading it, and
+    fails (saving nothing) when its ``setup.py`` needs what is not installed here; pip's own
+    finder and session fetch the same file. An empty string says why it could not."""
+    name, version = project.requirement.split("==", 1)
+    try:
+        from optparse import Values
+
+        from pip._internal.index.collector import LinkCollector
+        from pip._internal.index.package_finder import PackageFinder
+        from pip._internal.models.index import PyPI
+        from pip._internal.models.selection_prefs import SelectionPreferences
+        from pip._internal.network.session import PipSession
+
+        session = PipSession()
+        options = Values(
+            dict(index_url=PyPI.simple_url, extra_index_urls=[], find_links=[], no_index=False)
+        )
+        finder = PackageFinder.create(
+            LinkCollector.create(session, options), SelectionPreferences(allow_yanked=False)
+        )
+        links = [
+            c.link
+            for c in finder.find_all_candidates(name)
+            if str(c.version) == version and not c.link.is_wheel
+        ]
+        if not links:
+            return f"no sdist of {project.requirement} on the index"
+        response = session.get(links[0].url_without_fragment)
+        response.raise_for_status()
+        (directory / links[0].filename).write_bytes(response.content)
+    except Exception as exc:  # pip internals moved, or the network is down
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
 def project_tree(project: Project) -> Path:
     """A directory holding ``<package>/`` of the pinned release (its .py files only)."""
     root = cache_root()
@@ -112,7 +152,11 @@ def project_tree(project: Project) -> Path:
     downloads = root / "archives"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / project.archive
-    if not archive.exists():
+    if not archive.exists() and project.sdist:
+        why = _download_sdist(project, downloads)
+        if why or not archive.exists():
+            pytest.skip(f"cannot download {project.requirement}: {why or 'another file came'}")
+    elif not archive.exists():
         proc = pip_download(project.requirement, downloads, project.pip_args)
         if proc.returncode != 0 or not archive.exists():
             pytest.skip(f"cannot download {project.requirement}: {proc.stderr.strip()[-300:]}")

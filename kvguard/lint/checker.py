@@ -76,6 +76,7 @@ class _FunctionScan:
         self.names_used: dict[str, list[int]] = {}  # name -> ids of its Name nodes
         self.bound: set[int] = set()  # ids of the Name nodes that are assignment targets
         self.stores: list[tuple[str, cst.BaseExpression]] = []  # self.<attr> = value
+        self.grown: set[str] = set()  # names concatenated with more (torch.cat([k_cache, k]))
         self.assigns: list[tuple[list[str], cst.BaseExpression, cst.CSTNode]] = []
         self.nodes: list[cst.CSTNode] = []
         self.returns: list[cst.Return] = []
@@ -145,6 +146,12 @@ class _FunctionScan:
             if isinstance(node.func, cst.Attribute)
             else (node.func.value if isinstance(node.func, cst.Name) else "")
         )
+        if callee in ("cat", "concat", "concatenate") and node.args:
+            pieces = node.args[0].value
+            if isinstance(pieces, (cst.List, cst.Tuple)):
+                self.grown.update(
+                    e.value.value for e in pieces.elements if isinstance(e.value, cst.Name)
+                )
         if callee.startswith(PREDICATE_PREFIXES) or callee in INSPECTING_CALLS:
             # predicates inspect a piece of the cache; they do not read K or V
             self.inspected.update(id(arg.value) for arg in node.args)
@@ -182,8 +189,8 @@ def _aliases(
 ) -> dict[str, Receiver]:
     """Names bound (flow-insensitively) to a cache, a list of caches or a view of one, or
     to what their annotation or construction says (``values``)."""
-    aliases: dict[str, Receiver] = {}
     built = _constructed(scan, ctx, params, type_aliases)
+    aliases: dict[str, Receiver] = dict(built)
     for _ in range(8):  # chains of aliases are short; 8 rounds reach a fixed point in practice
         ctx.aliases = aliases
         changed = False
@@ -229,8 +236,12 @@ def _constructed(
     kinds: dict[str, set[Kind | None]] = {}
     for names, value, node in scan.assigns:
         if len(names) != 1:
+            # ``x, kv_cache = block(x, kv_cache)``: a cache that a call hands back beside
+            # its output is that model's own (HF-style) cache; the runner binds paged caches
+            # through parameters and attributes, it never returns one from a forward
+            returned = isinstance(value, (cst.Call, cst.Name)) and classify(value, ctx) is None
             for name in names:
-                kinds.setdefault(name, set()).add(None)
+                kinds.setdefault(name, set()).add(Kind.LOCAL if returned else None)
             continue
         kind = None
         if isinstance(node, cst.AnnAssign):
@@ -346,6 +357,7 @@ class Collector:
             and id(s.node) not in checked
             and not mentions_latent(s.node)
             and not _only_inspected(t, scan)
+            and not (t and any(name in scan.grown for name in t))
         ]
         in_splitter = function is not None and (
             self.names.is_splitter(function) or _is_structural_splitter(scan, splits, params, ctx)
@@ -384,9 +396,8 @@ def _is_structural_splitter(
             return int(node.value in split_names)
         if isinstance(node, (cst.Tuple, cst.List)):
             return sum(pieces(e.value) for e in node.elements)
-        if isinstance(node, cst.Call):
-            return int(any(n.value in split_names for n in _walk_names(node)))
-        return 0
+        # a view or a part of one piece (k.view(...), v[offset:]), or a call over it
+        return int(any(n.value in split_names for n in _walk_names(node)))
 
     def is_guard(node: cst.BaseExpression | None) -> bool:
         """``return None, None`` while the cache is unallocated."""
