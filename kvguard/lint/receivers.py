@@ -222,10 +222,31 @@ def split_of(node: cst.CSTNode, ctx: Context) -> Split | None:
         if receiver is None or receiver.kind is not Kind.CACHE:
             return None
         axis = _subscript_axis(node)
-        if axis is None or axis == "selection":
+        if axis is None or axis == "selection" or _unpads(node, axis):
             return None
         return Split(node, receiver, "subscript", axis)
     return None
+
+
+def _unpads(sub: cst.Subscript, axis: int | str) -> bool:
+    """``x.reshape(-1, padded_heads, d)[:, :heads]``: the slice cuts a dim that the view
+    just padded back to its unpadded size, keeping whatever K/V arrangement it holds."""
+    view = sub.value
+    if not (
+        isinstance(axis, int)
+        and axis >= 0
+        and isinstance(view, cst.Call)
+        and isinstance(view.func, cst.Attribute)
+        and view.func.attr.value in ("reshape", "view")
+        and axis < len(view.args)
+    ):
+        return False
+    element = sub.slice[axis].slice
+    if not isinstance(element, cst.Slice) or element.lower is not None or element.upper is None:
+        return False
+    size = {n.value for n in walk(view.args[axis].value) if isinstance(n, cst.Name)}
+    bound = {n.value for n in walk(element.upper) if isinstance(n, cst.Name)}
+    return any("padded" in word and any(b in word and b != word for b in bound) for word in size)
 
 
 def unpack_split(assign: cst.Assign, ctx: Context) -> Split | None:
