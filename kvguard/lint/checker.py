@@ -162,7 +162,13 @@ class _FunctionScan:
     def visit_Name(self, node: cst.Name) -> None:
         self.names_used.setdefault(node.value, []).append(id(node))
 
-    def run(self, body: cst.CSTNode, facts: Facts, type_aliases: dict[str, Kind]) -> None:
+    def run(
+        self,
+        body: cst.CSTNode,
+        facts: Facts,
+        type_aliases: dict[str, Kind],
+        returns: frozenset[str],
+    ) -> None:
         handlers = {
             cst.Assign: self.visit_Assign,
             cst.AnnAssign: self.visit_AnnAssign,
@@ -176,7 +182,7 @@ class _FunctionScan:
             cst.Name: self.visit_Name,
         }
         candidates = (cst.Subscript, cst.Call, cst.Assign)
-        for node, here in walk_with_facts(body, facts, type_aliases):
+        for node, here in walk_with_facts(body, facts, type_aliases, returns):
             handler = handlers.get(type(node))
             if handler is not None:
                 handler(node)  # type: ignore[operator]
@@ -310,9 +316,16 @@ class Collector:
             self_kv_cache=self_kind,
             pair_returning=values.pair_returning,
             pair_lists=values.pair_lists,
+            engine_lists=values.engine_lists,
         )
         scan = _FunctionScan()
-        scan.run(body, _annotated(annotations or {}, values.type_aliases), values.type_aliases)
+        passed = _passed(function, params, values.passed_pairs)
+        scan.run(
+            body,
+            _annotated(annotations or {}, values.type_aliases).add(passed),
+            values.type_aliases,
+            values.pair_returning,
+        )
         ctx.head_names = frozenset(
             n
             for names, value, _node in scan.assigns
@@ -362,7 +375,32 @@ class Collector:
         in_splitter = function is not None and (
             self.names.is_splitter(function) or _is_structural_splitter(scan, splits, params, ctx)
         )
-        return [SplitSite(s, class_name, function, in_splitter, t) for s, t in splits]
+        inner = set() if in_splitter else self._in_nested_splitters(body, class_name, splits)
+        return [
+            SplitSite(s, class_name, function, in_splitter or id(s.node) in inner, t)
+            for s, t in splits
+        ]
+
+    def _in_nested_splitters(
+        self,
+        body: cst.CSTNode,
+        class_name: str | None,
+        splits: list[tuple[Split, tuple[str, ...]]],
+    ) -> set[int]:
+        """Ids of the splits that sit in a splitter defined inside this function (a closure,
+        a method patched in at run time)."""
+        found: set[int] = set()
+        if not splits:
+            return found
+        for node in walk(body):
+            if type(node) is not cst.FunctionDef:
+                continue
+            inside = {id(n) for n in walk(node.body)}
+            if not any(id(s.node) in inside for s, _ in splits):
+                continue
+            sites = self.unit(node.body, class_name, node.name.value, _params(node))
+            found.update(id(site.split.node) for site in sites if site.in_splitter)
+        return found
 
 
 def _is_structural_splitter(
@@ -396,8 +434,14 @@ def _is_structural_splitter(
             return int(node.value in split_names)
         if isinstance(node, (cst.Tuple, cst.List)):
             return sum(pieces(e.value) for e in node.elements)
-        # a view or a part of one piece (k.view(...), v[offset:]), or a call over it
-        return int(any(n.value in split_names for n in _walk_names(node)))
+        # a view or a part of one piece (k.view(...), v[offset:], kv[:, 0].view(...)), or a
+        # call over it
+        return int(
+            any(
+                id(n) in split_nodes or (type(n) is cst.Name and n.value in split_names)
+                for n in walk(node)
+            )
+        )
 
     def is_guard(node: cst.BaseExpression | None) -> bool:
         """``return None, None`` while the cache is unallocated."""
@@ -426,6 +470,19 @@ def _annotated(annotations: dict[str, cst.BaseExpression], type_aliases: dict[st
             if inner is not None:
                 kinds.append((f"{name}[*]", inner))
     return Facts(tuple(kinds)) if kinds else NO_FACTS
+
+
+def _passed(function: str | None, params: list[str], passed_pairs: frozenset[str]) -> Facts:
+    """Parameters a caller annotated as a sequence passes in (``value_facts``)."""
+    if function is None or not passed_pairs:
+        return NO_FACTS
+    after_self = params[1:] if params and params[0] in ("self", "cls") else params
+    kinds = tuple(
+        (name, Kind.PAIR)
+        for position, name in enumerate(after_self)
+        if f"{function}#{position}" in passed_pairs or f"{function}#{name}" in passed_pairs
+    )
+    return Facts(kinds) if kinds else NO_FACTS
 
 
 def _only_inspected(targets: tuple[str, ...], scan: _FunctionScan) -> bool:

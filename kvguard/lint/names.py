@@ -15,7 +15,7 @@ import functools
 import keyword
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -254,14 +254,24 @@ class KvNames:
         return False
 
     def cache_list_words(self, text: str) -> Iterator[tuple[int, str]]:
-        """(offset, word) of each word that names a list of caches (all of them when the
-        patterns have no literal piece)."""
-        cores = _cores(self.cache_list)
+        """(offset, word) of each word that names a list of caches."""
+        return self._matching(text, self.cache_list, self.is_cache_list)
+
+    def cache_words(self, text: str) -> Iterator[tuple[int, str]]:
+        """(offset, word) of each word that names one cache."""
+        return self._matching(text, self.cache, self.is_cache)
+
+    def _matching(
+        self, text: str, patterns: tuple[str, ...], test: Callable[[str], bool]
+    ) -> Iterator[tuple[int, str]]:
+        """Words matching the patterns (every word is looked at when some pattern has no
+        literal piece)."""
+        cores = _cores(patterns)
         if cores is None:
             found = ((m.start(), m.group(0)) for m in self._word_re.finditer(text))
         else:
             found = self._words(text, cores)
-        return ((offset, word) for offset, word in found if self.is_cache_list(word))
+        return ((offset, word) for offset, word in found if test(word))
 
     def receiver_words(self, text: str) -> list[int] | None:
         """Sorted offsets of the words that name a cache or a list of caches where they can

@@ -13,7 +13,7 @@ import libcst as cst
 
 from kvguard.lint.forms import CHAIN_METHODS, RESHAPING_METHODS, SPLIT_METHODS
 from kvguard.lint.names import KvNames
-from kvguard.lint.values import NO_FACTS, Facts, Kind, key
+from kvguard.lint.values import NO_FACTS, Facts, Kind, is_one_side, key
 from kvguard.lint.walk import walk
 
 
@@ -56,6 +56,7 @@ class Context:
     facts: Facts = NO_FACTS  # what guards established where the expression sits
     pair_returning: frozenset[str] = frozenset()  # functions annotated to return a tuple
     pair_lists: frozenset[str] = frozenset()  # containers the project fills with pairs only
+    engine_lists: frozenset[str] = frozenset()  # attributes the project binds as lists only
 
 
 def int_value(node: cst.BaseExpression) -> int | None:
@@ -127,6 +128,10 @@ def _classify(expr: cst.BaseExpression, ctx: Context, selecting: bool) -> Receiv
         if names.is_cache(attr):
             if on_self and ctx.self_kv_cache is not None and attr == "kv_cache":
                 return Receiver(ctx.self_kv_cache, attr)
+            if _owned_by_one_side(expr.value):  # self.k_cache.kv_cache: a key-only cache
+                return Receiver(Kind.LATENT, attr)
+            if attr in ctx.engine_lists:  # the project binds it as [cache] per engine
+                return Receiver(Kind.LIST, attr, element=_element(expr, ctx))
             return Receiver(Kind.STATE if ctx.state_context else Kind.CACHE, attr)
         if names.is_cache_list(attr):
             return Receiver(Kind.LIST, attr, element=_element(expr, ctx))
@@ -155,6 +160,15 @@ def _classify(expr: cst.BaseExpression, ctx: Context, selecting: bool) -> Receiv
                 return replace(base, reshaped=True)
             return base
     return None
+
+
+def _owned_by_one_side(owner: cst.BaseExpression) -> bool:
+    """An attribute chain through a holder of the key or the value alone."""
+    while isinstance(owner, cst.Attribute):
+        if is_one_side(owner.attr.value):
+            return True
+        owner = owner.value
+    return isinstance(owner, cst.Name) and is_one_side(owner.value)
 
 
 def _plain_alias(expr: cst.BaseExpression, ctx: Context) -> bool:

@@ -51,6 +51,11 @@ class ValueFacts:
     returns: dict[str, bool] = field(default_factory=dict)
     # cache-list name -> whether every value stored in it is a tuple/list display
     stored_pairs: dict[str, bool] = field(default_factory=dict)
+    # cache-named attribute -> whether every value bound to it is a list (one per engine)
+    bound_lists: dict[str, bool] = field(default_factory=dict)
+    # parameters that a caller passes a sequence-annotated value to, as "function#slot"
+    # (slot: the position among the arguments after ``self``, or the keyword)
+    passed_pairs: frozenset[str] = frozenset()
 
     @property
     def pair_returning(self) -> frozenset[str]:
@@ -61,8 +66,18 @@ class ValueFacts:
         return frozenset(name for name, pair in self.stored_pairs.items() if pair)
 
     @property
+    def engine_lists(self) -> frozenset[str]:
+        return frozenset(name for name, listed in self.bound_lists.items() if listed)
+
+    @property
     def empty(self) -> bool:
-        return not (self.type_aliases or self.returns or self.stored_pairs)
+        return not (
+            self.type_aliases
+            or self.returns
+            or self.stored_pairs
+            or self.bound_lists
+            or self.passed_pairs
+        )
 
 
 NO_VALUE_FACTS = ValueFacts()
@@ -73,14 +88,20 @@ def merge(per_file: Iterable[ValueFacts]) -> ValueFacts:
     aliases: dict[str, Kind | None] = {}
     returns: dict[str, bool] = {}
     stored: dict[str, bool] = {}
+    bound: dict[str, bool] = {}
+    passed: set[str] = set()
     for facts in per_file:
+        passed |= facts.passed_pairs
         for name, kind in facts.type_aliases.items():
             aliases[name] = kind if aliases.get(name, kind) is kind else None
         for name, pair in facts.returns.items():
             returns[name] = returns.get(name, True) and pair
         for name, pair in facts.stored_pairs.items():
             stored[name] = stored.get(name, True) and pair
-    return ValueFacts({n: k for n, k in aliases.items() if k is not None}, returns, stored)
+        for name, listed in facts.bound_lists.items():
+            bound[name] = bound.get(name, True) and listed
+    kinds = {n: k for n, k in aliases.items() if k is not None}
+    return ValueFacts(kinds, returns, stored, bound, frozenset(passed))
 
 
 def _dotted(node: ast.expr) -> str:
@@ -127,6 +148,7 @@ def _list_name(target: ast.expr, names: KvNames) -> str | None:
 
 
 # What follows a container's name where it is filled: ``[name] = ...``, ``.append(``.
+_BINDING = re.compile(r"\s*=(?!=)")
 _STORE = re.compile(r"\s*(?:\[[^\]\n]*\]\s*=(?!=)|\.\s*append\s*\()")
 
 
@@ -159,10 +181,12 @@ def file_value_facts(
             if kind is not None:
                 aliases[stmt.target.id] = kind
     returns: dict[str, bool] = {}
+    passed: set[str] = set()
     for func in functions:
         if func.returns is not None:
             pair = annotation_kind(func.returns) is Kind.PAIR
             returns[func.name] = returns.get(func.name, True) and pair
+        passed |= _passes_pairs(func)
     stored: dict[str, bool] = {}
     offsets = [
         at for at, word in names.cache_list_words(text) if _STORE.match(text, at + len(word))
@@ -172,7 +196,56 @@ def file_value_facts(
         for stmt in _statements_at(tree.body, lines):
             for node in walk(stmt):
                 _store(node, names, stored)
-    return ValueFacts(aliases, returns, stored)
+    bound: dict[str, bool] = {}
+    offsets = [
+        at
+        for at, word in names.cache_words(text)
+        if text[at - 1 : at] == "." and _BINDING.match(text, at + len(word))
+    ]
+    if offsets:
+        lines = {text.count("\n", 0, at) + 1 for at in offsets}
+        for stmt in _statements_at(tree.body, lines):
+            for node in walk(stmt):
+                _binding(node, names, bound)
+    return ValueFacts(aliases, returns, stored, bound, frozenset(passed))
+
+
+def _passes_pairs(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    """``def f(self, kv_cache: tuple[Tensor, ...]): self.g(meta, kv_cache)``: g's first
+    argument after ``self`` is a pair wherever f calls it ("g#1"; by keyword "g#kv_cache")."""
+    arguments = [*func.args.posonlyargs, *func.args.args, *func.args.kwonlyargs]
+    pairs = {a.arg for a in arguments if annotation_kind(a.annotation) is Kind.PAIR}
+    if not pairs:
+        return set()
+    out = set()
+    for node in walk(func):
+        if not isinstance(node, ast.Call):
+            continue
+        callee = (
+            node.func.attr
+            if isinstance(node.func, ast.Attribute)
+            else getattr(node.func, "id", None)
+        )
+        if callee is None:
+            continue
+        for position, arg in enumerate(node.args):
+            if isinstance(arg, ast.Name) and arg.id in pairs:
+                out.add(f"{callee}#{position}")
+        for keyword in node.keywords:
+            if isinstance(keyword.value, ast.Name) and keyword.value.id in pairs:
+                out.add(f"{callee}#{keyword.arg}")
+    return out
+
+
+def _binding(node: ast.AST, names: KvNames, bound: dict[str, bool]) -> None:
+    """``layer.kv_cache = [kv_cache]``, ``self.kv_cache = [torch.tensor([]) for _ in ...]``:
+    a list per virtual engine (or any other binding, which says it is not one)."""
+    if not isinstance(node, ast.Assign):
+        return
+    listed = isinstance(node.value, (ast.List, ast.ListComp))
+    for target in node.targets:
+        if isinstance(target, ast.Attribute) and names.is_cache(target.attr):
+            bound[target.attr] = bound.get(target.attr, True) and listed
 
 
 def _statements_at(body: list[ast.stmt], lines: set[int]) -> Iterator[ast.stmt]:

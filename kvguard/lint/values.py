@@ -75,7 +75,7 @@ LAYOUT_WORDS = ("format", "fmt", "layout")
 class Facts:
     """What guards established at one point of a function: expression key -> kind."""
 
-    kinds: tuple[tuple[str, Kind], ...] = ()
+    kinds: tuple[tuple[str, Kind | None], ...] = ()  # None: a rebinding; nothing known
     checked: bool = False  # the layout was detected or validated before this point
     latent: bool = False  # inside an MLA branch
 
@@ -252,11 +252,38 @@ def _branch_words(test: cst.BaseExpression) -> tuple[bool, bool]:
         for c in test.comparisons
     ):
         return False, False
+    if _checks_pair_dim(test):
+        return True, False
     words = [w.lower() for w in _words(test)]
     layout = any(w in word for word in words for w in LAYOUT_WORDS)
     if layout and not isinstance(test, (cst.Comparison, cst.Call, cst.Attribute)):
         layout = False  # a bare name: truthiness, not a comparison
     return layout, any("mla" in word for word in words)
+
+
+def _checks_pair_dim(test: cst.BaseExpression) -> bool:
+    """``x.shape[0] == 2``, ``x.size(1) == 2``: the test found which dim holds K and V."""
+    if not (
+        isinstance(test, cst.Comparison)
+        and len(test.comparisons) == 1
+        and isinstance(test.comparisons[0].operator, cst.Equal)
+    ):
+        return False
+    sides = (test.left, test.comparisons[0].comparator)
+    if not any(isinstance(side, cst.Integer) and side.value == "2" for side in sides):
+        return False
+    return any(
+        (isinstance(side, cst.Subscript) and _dotted(side.value).endswith(".shape"))
+        or (isinstance(side, cst.Call) and _dotted(side.func).endswith(".size") and side.args)
+        for side in sides
+    )
+
+
+def is_one_side(word: str) -> bool:
+    """``k_cache``, ``key_buffer``, ``v_pool``: a holder of the key or the value alone."""
+    parts = set(word.lower().strip("_").split("_"))
+    key, value = parts & {"k", "key", "keys"}, parts & {"v", "value", "values"}
+    return bool(key) != bool(value) and bool(parts & {"cache", "buffer", "pool", "pages"})
 
 
 def _kinds_only(facts: Facts) -> Facts:
@@ -384,17 +411,22 @@ def _ends_flow(block: cst.BaseSuite) -> bool:
     )
 
 
-def _after(statement: cst.CSTNode, facts: Facts, aliases: dict[str, Kind]) -> Facts:
-    """What holds after a statement: a guard clause's negation, an assert's test, the
-    layout once a call validated it."""
+def _after(
+    statement: cst.CSTNode, facts: Facts, aliases: dict[str, Kind], returns: frozenset[str]
+) -> Facts:
+    """What holds after a statement: a guard clause's negation (and the layout it tested),
+    an assert's test, what an assignment built, the layout once a call validated it."""
     if isinstance(statement, cst.If) and statement.orelse is None and _ends_flow(statement.body):
-        return facts.add(_kinds_only(guard_facts(statement.test, aliases)[1]))
+        negation = guard_facts(statement.test, aliases)[1]
+        return facts.add(Facts(negation.kinds, negation.checked))
     if isinstance(statement, cst.Assert):
         return facts.add(_kinds_only(guard_facts(statement.test, aliases)[0]))
     if isinstance(statement, cst.SimpleStatementLine):
         for small in statement.body:
-            facts = _after(small, facts, aliases)
+            facts = _after(small, facts, aliases, returns)
         return facts
+    if isinstance(statement, cst.Assign):
+        return facts.add(Facts(_bound(statement, returns)))
     if (
         isinstance(statement, cst.Expr)
         and isinstance(statement.value, cst.Call)
@@ -404,8 +436,26 @@ def _after(statement: cst.CSTNode, facts: Facts, aliases: dict[str, Kind]) -> Fa
     return facts
 
 
+def _bound(assign: cst.Assign, returns: frozenset[str]) -> tuple[tuple[str, Kind | None], ...]:
+    """What the names an assignment binds are from here on: what a construction site built
+    (``kv = (k, v)``), an element of what a call returned (``kv_cache, scales = f(layer)``),
+    or, for any other value, nothing known any more."""
+    out: list[tuple[str, Kind | None]] = []
+    for target in assign.targets:
+        if isinstance(target.target, cst.Name):
+            out.append((target.target.value, construction_kind(assign.value, returns)))
+        elif isinstance(target.target, (cst.Tuple, cst.List)):
+            returned = Kind.LOCAL if isinstance(assign.value, cst.Call) else None
+            out.extend(
+                (e.value.value, returned)
+                for e in target.target.elements
+                if isinstance(e.value, cst.Name)
+            )
+    return tuple(out)
+
+
 def walk_with_facts(
-    root: cst.CSTNode, facts: Facts, aliases: dict[str, Kind]
+    root: cst.CSTNode, facts: Facts, aliases: dict[str, Kind], returns: frozenset[str]
 ) -> Iterator[tuple[cst.CSTNode, Facts]]:
     """Every node below ``root`` (as ``walk.walk`` yields them) with the facts that hold
     there. Only the nodes that narrow (if/while/conditional expressions, ``and``/``or``,
@@ -436,7 +486,7 @@ def walk_with_facts(
             below = []
             for statement in node.body:  # type: ignore[attr-defined]
                 below.append((statement, here))
-                here = _after(statement, here, aliases)
+                here = _after(statement, here, aliases, returns)
         else:
             below = [(child, here) for child in children(node)]
         stack.extend(reversed(below))
