@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from kvguard.lint.facts import FileFacts
+from kvguard.lint.flow import walk_with_facts
 from kvguard.lint.forms import (
     INSPECTING_CALLS,
     ITERATING_METHODS,
@@ -34,7 +35,6 @@ from kvguard.lint.values import (
     is_latent_name,
     mentions_latent,
     type_kind,
-    walk_with_facts,
 )
 from kvguard.lint.walk import walk
 

@@ -23,28 +23,41 @@ kind             what it is                                             splittin
 The evidence, strongest first (the first that speaks decides; none at all leaves the
 name's verdict, ``CACHE`` for a cache name):
 
-1. *Guards* narrow a value inside the branch they protect, and after a guard clause
-   (``if ...: return``/``raise``/``continue``) or an ``assert``: ``isinstance(x, (tuple,
-   list))`` or ``not isinstance(x, torch.Tensor)`` make ``x`` a ``PAIR``;
-   ``isinstance(x, torch.Tensor)`` makes it a ``CACHE`` (explicit evidence that it is a
-   tensor); ``len(x) == 2`` a ``PAIR``; ``len(x) == 1`` a one-element ``LIST`` (``x[0]``
-   unwraps it). A branch on an MLA switch (a test naming ``mla``) holds ``LATENT`` caches.
-   A branch on a detected or validated layout (a test naming a ``format``/``fmt``/
-   ``layout`` value), or code after a ``validate..format/layout`` call, has *checked* the
-   layout: its splits assume nothing (``Facts.checked``).
+1. *Guards and bindings, where they hold* (``flow.walk_with_facts``): ``isinstance(x, (tuple,
+   list))`` or ``not isinstance(x, torch.Tensor)`` make ``x`` a ``PAIR`` inside the branch,
+   after a guard clause (``if ...: return``/``raise``/``continue``), after an ``assert`` and
+   right of an ``and``; ``isinstance(x, torch.Tensor)`` makes it a ``CACHE`` again (explicit
+   evidence that it is a tensor); ``len(x) == 2`` a ``PAIR``; ``len(x) == 1`` a one-element
+   ``LIST`` (``x[0]`` unwraps it). An assignment says what a name is in the statements after
+   it (a construction site, below, or an element of what a call returned). A branch on an
+   MLA switch (a test naming ``mla``) holds ``LATENT`` caches. A branch (or the code after
+   a guard clause) on a detected layout (a test that compares or predicates a value named
+   for a ``format``/``fmt``/``layout``, or checks ``x.shape[d] == 2``), and code after a
+   ``validate..format/layout`` call, has *checked* the layout: its splits assume nothing
+   (``Facts.checked``).
 2. *Annotations* of parameters and annotated assignments: ``tuple[...]``, ``list[...]``,
-   ``Sequence[...]`` (``typing`` spellings too, and module-level aliases of them) make a
-   cache-named value a ``PAIR`` (a cache-list name: a ``LIST`` of ``PAIR``s when its
-   element is such a type); ``torch.Tensor`` makes it a ``CACHE``. A union that admits a
-   tensor says nothing.
-3. *Construction sites* in the same function: a tuple or list display of two or more
-   items, or ``tuple(...)``/``list(...)``, is a ``PAIR``; an allocation whose shape is
-   written out at the call, or a ``stack``/``cat`` of pieces, is ``LOCAL``; a call of a
-   function whose return annotation is a tuple (``-> tuple[Tensor, Tensor]``, in this file
-   or, through the project index, another) is a ``PAIR``; a call that says it returns the
-   key or the value alone (``get_key_buffer``) is ``LATENT``.
-4. *Names*: ``kv-cache-names`` are ``CACHE``, ``kv-cache-list-names`` a ``LIST`` of
-   ``CACHE``, and the class and path context decide ``STATE`` and ``LATENT`` (``forms``).
+   ``Sequence[...]`` (``typing`` spellings too, and module-level aliases of them anywhere in
+   the project) make a cache-named value a ``PAIR`` (a cache-list name: a ``LIST`` of
+   ``PAIR``s when its element is such a type); ``torch.Tensor`` makes it a ``CACHE``. A
+   union that admits a tensor says nothing. A parameter that an annotated caller passes a
+   sequence to is a ``PAIR`` (``value_facts``).
+3. *Construction sites* in the same function, when every binding of a local agrees: a tuple
+   or list display of two or more items, or ``tuple(...)``/``list(...)``, is a ``PAIR``; an
+   allocation whose shape is written out at the call, or a ``stack``/``cat`` of pieces, is
+   ``LOCAL``; a call of a function whose return annotation is a tuple (in this file or, via
+   the project index, another) is a ``PAIR``; a cache that a call hands back beside its
+   output (``x, kv_cache = block(x)``) is the model's own (``LOCAL``); a call that says it
+   returns the key or the value alone (``get_key_buffer``) is ``LATENT``.
+4. *Project bindings* (``value_facts``): a cache-list container that the project only ever
+   fills with tuple displays holds ``PAIR``s; a cache attribute that it only ever binds to
+   lists (``layer.kv_cache = [kv_cache]``) is a per-engine ``LIST``.
+5. *Names*: ``kv-cache-names`` are ``CACHE``, ``kv-cache-list-names`` a ``LIST`` of
+   ``CACHE``; the class and path context decide ``STATE`` and ``LATENT`` (``forms``), and so
+   does a holder on the way to the cache that is named for one side (``self.k_cache.kv_cache``).
+
+``checker`` adds what is about the pieces rather than the receiver: pieces bound to latent
+names, pieces only inspected (``inner.shape``), pieces grown with ``torch.cat`` (a model's
+own cache), and splitters that memoise their views or sit inside another function.
 
 Nothing here knows any project's names: only Python's and torch's spellings, and the
 English words that say "format", "layout", "MLA", "key" and "value".
@@ -53,13 +66,12 @@ English words that say "format", "layout", "MLA", "key" and "value".
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import libcst as cst
 
 from kvguard.lint.value_facts import SEQUENCE_TYPES, TENSOR_TYPES, Kind
-from kvguard.lint.walk import children, walk
+from kvguard.lint.walk import walk
 
 # Calls that allocate a fresh tensor from a shape given as arguments.
 ALLOCATIONS = frozenset(
@@ -286,7 +298,7 @@ def is_one_side(word: str) -> bool:
     return bool(key) != bool(value) and bool(parts & {"cache", "buffer", "pool", "pages"})
 
 
-def _kinds_only(facts: Facts) -> Facts:
+def kinds_only(facts: Facts) -> Facts:
     """A branch's layout or MLA test covers that branch, not the code after it."""
     return Facts(facts.kinds) if facts.kinds else NO_FACTS
 
@@ -389,110 +401,6 @@ def _shape_written_out(call: cst.Call, function: str) -> bool:
     if isinstance(first, (cst.Tuple, cst.List)):
         return bool(first.elements)
     return isinstance(first, cst.Integer) or len(positional) > 1
-
-
-# -- where guards hold ------------------------------------------------------------------
-
-_TERMINATORS = (cst.Return, cst.Raise, cst.Continue, cst.Break)
-
-
-def _ends_flow(block: cst.BaseSuite) -> bool:
-    """The block always leaves (its last statement returns, raises, continues, breaks)."""
-    body = block.body
-    if not body:
-        return False
-    last = body[-1]
-    if isinstance(block, cst.SimpleStatementSuite):
-        return isinstance(last, _TERMINATORS)
-    return (
-        isinstance(last, cst.SimpleStatementLine)
-        and bool(last.body)
-        and isinstance(last.body[-1], _TERMINATORS)
-    )
-
-
-def _after(
-    statement: cst.CSTNode, facts: Facts, aliases: dict[str, Kind], returns: frozenset[str]
-) -> Facts:
-    """What holds after a statement: a guard clause's negation (and the layout it tested),
-    an assert's test, what an assignment built, the layout once a call validated it."""
-    if isinstance(statement, cst.If) and statement.orelse is None and _ends_flow(statement.body):
-        negation = guard_facts(statement.test, aliases)[1]
-        return facts.add(Facts(negation.kinds, negation.checked))
-    if isinstance(statement, cst.Assert):
-        return facts.add(_kinds_only(guard_facts(statement.test, aliases)[0]))
-    if isinstance(statement, cst.SimpleStatementLine):
-        for small in statement.body:
-            facts = _after(small, facts, aliases, returns)
-        return facts
-    if isinstance(statement, cst.Assign):
-        return facts.add(Facts(_bound(statement, returns)))
-    if (
-        isinstance(statement, cst.Expr)
-        and isinstance(statement.value, cst.Call)
-        and validates_layout(statement.value)
-    ):
-        return facts.add(Facts(checked=True))
-    return facts
-
-
-def _bound(assign: cst.Assign, returns: frozenset[str]) -> tuple[tuple[str, Kind | None], ...]:
-    """What the names an assignment binds are from here on: what a construction site built
-    (``kv = (k, v)``), an element of what a call returned (``kv_cache, scales = f(layer)``),
-    or, for any other value, nothing known any more."""
-    out: list[tuple[str, Kind | None]] = []
-    for target in assign.targets:
-        if isinstance(target.target, cst.Name):
-            out.append((target.target.value, construction_kind(assign.value, returns)))
-        elif isinstance(target.target, (cst.Tuple, cst.List)):
-            returned = Kind.LOCAL if isinstance(assign.value, cst.Call) else None
-            out.extend(
-                (e.value.value, returned)
-                for e in target.target.elements
-                if isinstance(e.value, cst.Name)
-            )
-    return tuple(out)
-
-
-def walk_with_facts(
-    root: cst.CSTNode, facts: Facts, aliases: dict[str, Kind], returns: frozenset[str]
-) -> Iterator[tuple[cst.CSTNode, Facts]]:
-    """Every node below ``root`` (as ``walk.walk`` yields them) with the facts that hold
-    there. Only the nodes that narrow (if/while/conditional expressions, ``and``/``or``,
-    guard clauses, asserts) are taken apart by hand; the rest follows ``walk``'s fields."""
-    stack: list[tuple[cst.CSTNode, Facts]] = [(root, facts)]
-    while stack:
-        node, here = stack.pop()
-        yield node, here
-        kind = type(node)
-        below: list[tuple[cst.CSTNode, Facts]]
-        if kind is cst.If or kind is cst.While:
-            true, false = guard_facts(node.test, aliases)  # type: ignore[attr-defined]
-            below = [(node.test, here), (node.body, here.add(true))]  # type: ignore[attr-defined]
-            if node.orelse is not None:  # type: ignore[attr-defined]
-                below.append((node.orelse, here.add(false)))  # type: ignore[attr-defined]
-        elif kind is cst.IfExp:
-            true, false = guard_facts(node.test, aliases)  # type: ignore[attr-defined]
-            below = [
-                (node.body, here.add(true)),  # type: ignore[attr-defined]
-                (node.test, here),  # type: ignore[attr-defined]
-                (node.orelse, here.add(false)),  # type: ignore[attr-defined]
-            ]
-        elif kind is cst.BooleanOperation:
-            true, false = guard_facts(node.left, aliases)  # type: ignore[attr-defined]
-            right = true if type(node.operator) is cst.And else false  # type: ignore[attr-defined]
-            below = [(node.left, here), (node.right, here.add(_kinds_only(right)))]  # type: ignore[attr-defined]
-        elif kind in _SEQUENCES:
-            below = []
-            for statement in node.body:  # type: ignore[attr-defined]
-                below.append((statement, here))
-                here = _after(statement, here, aliases, returns)
-        else:
-            below = [(child, here) for child in children(node)]
-        stack.extend(reversed(below))
-
-
-_SEQUENCES = frozenset({cst.IndentedBlock, cst.Module, cst.SimpleStatementSuite})
 
 
 # -- latents ----------------------------------------------------------------------------
