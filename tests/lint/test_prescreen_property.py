@@ -27,6 +27,8 @@ RECEIVERS = [
     "kv_buffer",
     "conv_state",
     "cache",
+    "self.k_cache.kv_cache",
+    "self.attn.kv_cache[0]",
 ]
 ALIASES = [
     "{r}",
@@ -41,6 +43,7 @@ ALIASES = [
     "({r}, other)",
     "torch.zeros(2, n, 16)",
     "self.get_pair({r})",
+    "torch.stack([{r}, other])",
 ]
 SPLITS = [
     "{x}[0]",
@@ -73,6 +76,8 @@ GUARDS = [
     "is_kv_second_tuple(engine_kv_format)",
     "self.use_mla",
     "x is None and isinstance({x}, tuple)",
+    "{x}.shape[0] == 2",
+    "self.layout == 'layer_first'",
 ]
 GUARD_STYLES = ["if", "else", "clause", "assert", "ifexp"]
 ANNOTATIONS = [
@@ -119,8 +124,15 @@ def functions(draw: st.DrawFn) -> str:
             body += [f"assert {test}", statement]
         else:
             body.append(f"y = ({split}) if {test} else None")
-    if draw(st.booleans()):
+    tail = draw(st.sampled_from(["", "return", "grow", "rebind", "nested"]))
+    if tail == "return":
         body.append(f"return {target}, {x}")
+    elif tail == "grow":
+        body.append(f"grown = torch.cat([{target}, k], dim=1)")
+    elif tail == "rebind":
+        body.append(f"out, {x.split('[')[0].split('.')[-1]} = block(out)")
+    elif tail == "nested":
+        body = ["def inner(self, kv_cache):", *(f"    {line}" for line in body), "return inner"]
     param = receiver.split("[")[0].split(".")[-1]
     annotation = draw(st.sampled_from(ANNOTATIONS))
     header = f"def {draw(st.sampled_from(['forward', 'views', 'store']))}"
