@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from kvguard.lint.checker import FileModel
     from kvguard.lint.rules import Report
 
-CACHE_VERSION = f"{__version__}-5"
+CACHE_VERSION = f"{__version__}-6"  # 6: the value model (FileFacts.values)
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 
 Progress = Callable[[int, int], None]
