@@ -73,10 +73,11 @@ class _FunctionScan:
 
     def __init__(self) -> None:
         self.facts_at: dict[int, Facts] = {}  # id(candidate node) -> the guards holding there
-        self.names_used: dict[str, list[int]] = {}  # name -> ids of its Name nodes
         self.bound: set[int] = set()  # ids of the Name nodes that are assignment targets
+        self.names: dict[str, list[int]] | None = None  # name -> ids of the Names reading it
         self.stores: list[tuple[str, cst.BaseExpression]] = []  # self.<attr> = value
         self.grown: set[str] = set()  # names concatenated with more (torch.cat([k_cache, k]))
+        self.nested: list[cst.FunctionDef] = []  # functions defined inside this one
         self.assigns: list[tuple[list[str], cst.BaseExpression, cst.CSTNode]] = []
         self.nodes: list[cst.CSTNode] = []
         self.returns: list[cst.Return] = []
@@ -159,9 +160,6 @@ class _FunctionScan:
     def visit_Return(self, node: cst.Return) -> None:
         self.returns.append(node)
 
-    def visit_Name(self, node: cst.Name) -> None:
-        self.names_used.setdefault(node.value, []).append(id(node))
-
     def run(
         self,
         body: cst.CSTNode,
@@ -179,7 +177,7 @@ class _FunctionScan:
             cst.Attribute: self.visit_Attribute,
             cst.Call: self.visit_Call,
             cst.Return: self.visit_Return,
-            cst.Name: self.visit_Name,
+            cst.FunctionDef: self.nested.append,
         }
         candidates = (cst.Subscript, cst.Call, cst.Assign)
         for node, here in walk_with_facts(body, facts, type_aliases, returns):
@@ -369,13 +367,13 @@ class Collector:
             and id(s.node) not in scan.inspected
             and id(s.node) not in checked
             and not mentions_latent(s.node)
-            and not _only_inspected(t, scan)
+            and not _only_inspected(t, scan, body)
             and not (t and any(name in scan.grown for name in t))
         ]
         in_splitter = function is not None and (
             self.names.is_splitter(function) or _is_structural_splitter(scan, splits, params, ctx)
         )
-        inner = set() if in_splitter else self._in_nested_splitters(body, class_name, splits)
+        inner = set() if in_splitter else self._in_nested_splitters(scan, class_name, splits)
         return [
             SplitSite(s, class_name, function, in_splitter or id(s.node) in inner, t)
             for s, t in splits
@@ -383,7 +381,7 @@ class Collector:
 
     def _in_nested_splitters(
         self,
-        body: cst.CSTNode,
+        scan: _FunctionScan,
         class_name: str | None,
         splits: list[tuple[Split, tuple[str, ...]]],
     ) -> set[int]:
@@ -392,9 +390,7 @@ class Collector:
         found: set[int] = set()
         if not splits:
             return found
-        for node in walk(body):
-            if type(node) is not cst.FunctionDef:
-                continue
+        for node in scan.nested:
             inside = {id(n) for n in walk(node.body)}
             if not any(id(s.node) in inside for s, _ in splits):
                 continue
@@ -485,11 +481,16 @@ def _passed(function: str | None, params: list[str], passed_pairs: frozenset[str
     return Facts(kinds) if kinds else NO_FACTS
 
 
-def _only_inspected(targets: tuple[str, ...], scan: _FunctionScan) -> bool:
+def _only_inspected(targets: tuple[str, ...], scan: _FunctionScan, body: cst.CSTNode) -> bool:
     """A piece bound to one name that is then only inspected (``inner.shape[2]``)."""
-    if len(targets) != 1:
+    if len(targets) != 1 or not scan.inspected:
         return False
-    uses = [use for use in scan.names_used.get(targets[0], []) if use not in scan.bound]
+    if scan.names is None:  # looked up once per function, only when a piece may be inspected
+        scan.names = {}
+        for n in walk(body):
+            if type(n) is cst.Name and id(n) not in scan.bound:
+                scan.names.setdefault(n.value, []).append(id(n))
+    uses = scan.names.get(targets[0], [])
     return bool(uses) and all(use in scan.inspected for use in uses)
 
 

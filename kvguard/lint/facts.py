@@ -32,7 +32,7 @@ from kvguard.lint.layouts import (
     shapes_of,
     stride_orders_of,
 )
-from kvguard.lint.names import KvNames
+from kvguard.lint.names import KvNames, Occurrence
 from kvguard.lint.prescreen import Prescreen, unit_context
 from kvguard.lint.spans import (
     LAYOUT_METHODS,
@@ -364,7 +364,8 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
     functions: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ast.ClassDef | None]] = []
     all_classes: list[ast.ClassDef] = []
     _defs(tree.body, None, functions, all_classes)
-    spells = _receiver_spelling(text, names)
+    occurrences = names.occurrences(text)
+    spells = _receiver_spelling(text, names, occurrences)
     prescreen = Prescreen(names, ascii_source=text.isascii())
     path_state, path_mla = path_context(path)
     # the class libcst's rules will find for a name: the first of it in this file
@@ -404,13 +405,15 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
         units=tuple(units),
         class_spans=spans_by_name,
         imports=_imports(tree.body, path),
-        values=file_value_facts(tree, names, text, (func for func, _ in functions)),
+        values=file_value_facts(tree, names, text, (f for f, _ in functions), occurrences),
     )
 
 
-def _receiver_spelling(text: str, names: KvNames) -> Callable[[Lines], bool]:
+def _receiver_spelling(
+    text: str, names: KvNames, occurrences: list[Occurrence] | None
+) -> Callable[[Lines], bool]:
     """Whether lines of the text spell a cache or cache-list word (see the module doc)."""
-    words = names.receiver_words(text)
+    words = names.receiver_words(text, occurrences)
     if words is None:
         return lambda spans: True
     if not words:

@@ -9,7 +9,7 @@ changes what holds for the statements after it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import libcst as cst
 
@@ -89,37 +89,65 @@ def walk_with_facts(
 ) -> Iterator[tuple[cst.CSTNode, Facts]]:
     """Every node below ``root`` (as ``walk.walk`` yields them) with the facts that hold
     there. Only the nodes that narrow (if/while/conditional expressions, ``and``/``or``,
-    guard clauses, asserts) are taken apart by hand; the rest follows ``walk``'s fields."""
+    statement sequences) are taken apart by hand; the rest follows ``walk``'s fields."""
     stack: list[tuple[cst.CSTNode, Facts]] = [(root, facts)]
+    pop, push = stack.pop, stack.extend
     while stack:
-        node, here = stack.pop()
+        node, here = pop()
         yield node, here
-        kind = type(node)
-        below: list[tuple[cst.CSTNode, Facts]]
-        if kind is cst.If or kind is cst.While:
-            true, false = guard_facts(node.test, aliases)  # type: ignore[attr-defined]
-            below = [(node.test, here), (node.body, here.add(true))]  # type: ignore[attr-defined]
-            if node.orelse is not None:  # type: ignore[attr-defined]
-                below.append((node.orelse, here.add(false)))  # type: ignore[attr-defined]
-        elif kind is cst.IfExp:
-            true, false = guard_facts(node.test, aliases)  # type: ignore[attr-defined]
-            below = [
-                (node.body, here.add(true)),  # type: ignore[attr-defined]
-                (node.test, here),  # type: ignore[attr-defined]
-                (node.orelse, here.add(false)),  # type: ignore[attr-defined]
-            ]
-        elif kind is cst.BooleanOperation:
-            true, false = guard_facts(node.left, aliases)  # type: ignore[attr-defined]
-            right = true if type(node.operator) is cst.And else false  # type: ignore[attr-defined]
-            below = [(node.left, here), (node.right, here.add(kinds_only(right)))]  # type: ignore[attr-defined]
-        elif kind in _SEQUENCES:
-            below = []
-            for statement in node.body:  # type: ignore[attr-defined]
-                below.append((statement, here))
-                here = _after(statement, here, aliases, returns)
+        narrow = _NARROWING.get(type(node))
+        if narrow is None:
+            below = children(node)
+            if below:
+                below.reverse()
+                push([(child, here) for child in below])
         else:
-            below = [(child, here) for child in children(node)]
-        stack.extend(reversed(below))
+            push(reversed(narrow(node, here, aliases, returns)))
 
 
-_SEQUENCES = frozenset({cst.IndentedBlock, cst.Module, cst.SimpleStatementSuite})
+_Below = list[tuple[cst.CSTNode, Facts]]
+
+
+def _branches(node: cst.If | cst.While, here: Facts, aliases: dict[str, Kind], _: object) -> _Below:
+    true, false = guard_facts(node.test, aliases)
+    below = [(node.test, here), (node.body, here.add(true))]
+    if node.orelse is not None:
+        below.append((node.orelse, here.add(false)))
+    return below
+
+
+def _conditional(node: cst.IfExp, here: Facts, aliases: dict[str, Kind], _: object) -> _Below:
+    true, false = guard_facts(node.test, aliases)
+    return [(node.body, here.add(true)), (node.test, here), (node.orelse, here.add(false))]
+
+
+def _boolean(
+    node: cst.BooleanOperation, here: Facts, aliases: dict[str, Kind], _: object
+) -> _Below:
+    true, false = guard_facts(node.left, aliases)
+    right = true if type(node.operator) is cst.And else false
+    return [(node.left, here), (node.right, here.add(kinds_only(right)))]
+
+
+def _sequence(
+    node: cst.IndentedBlock | cst.Module | cst.SimpleStatementSuite,
+    here: Facts,
+    aliases: dict[str, Kind],
+    returns: frozenset[str],
+) -> _Below:
+    below = []
+    for statement in node.body:
+        below.append((statement, here))
+        here = _after(statement, here, aliases, returns)
+    return below
+
+
+_NARROWING: dict[type, Callable[..., _Below]] = {
+    cst.If: _branches,
+    cst.While: _branches,
+    cst.IfExp: _conditional,
+    cst.BooleanOperation: _boolean,
+    cst.IndentedBlock: _sequence,
+    cst.Module: _sequence,
+    cst.SimpleStatementSuite: _sequence,
+}

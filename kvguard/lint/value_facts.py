@@ -22,8 +22,9 @@ import enum
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from kvguard.lint.names import KvNames
+from kvguard.lint.names import KvNames, Occurrence
 from kvguard.lint.prescreen import walk
 
 
@@ -57,15 +58,15 @@ class ValueFacts:
     # (slot: the position among the arguments after ``self``, or the keyword)
     passed_pairs: frozenset[str] = frozenset()
 
-    @property
+    @cached_property
     def pair_returning(self) -> frozenset[str]:
         return frozenset(name for name, pair in self.returns.items() if pair)
 
-    @property
+    @cached_property
     def pair_lists(self) -> frozenset[str]:
         return frozenset(name for name, pair in self.stored_pairs.items() if pair)
 
-    @property
+    @cached_property
     def engine_lists(self) -> frozenset[str]:
         return frozenset(name for name, listed in self.bound_lists.items() if listed)
 
@@ -149,6 +150,10 @@ def _list_name(target: ast.expr, names: KvNames) -> str | None:
 
 # What follows a container's name where it is filled: ``[name] = ...``, ``.append(``.
 _BINDING = re.compile(r"\s*=(?!=)")
+_ANNOTATED = re.compile(
+    r"\s*:\s*[\"']?(?:\w+\.)*(?:Optional\[|Union\[)?(?:\w+\.)*"
+    r"(?:tuple|Tuple|list|List|Sequence|MutableSequence)\b"
+)
 _STORE = re.compile(r"\s*(?:\[[^\]\n]*\]\s*=(?!=)|\.\s*append\s*\()")
 
 
@@ -157,6 +162,7 @@ def file_value_facts(
     names: KvNames,
     text: str,
     functions: Iterable[ast.FunctionDef | ast.AsyncFunctionDef],
+    occurrences: list[Occurrence] | None,
 ) -> ValueFacts:
     """The file's type aliases, annotated returns (of the functions outside function
     bodies) and container stores. Only a file whose text stores into a cache-list name
@@ -180,41 +186,54 @@ def file_value_facts(
             kind = annotation_kind(stmt.value)
             if kind is not None:
                 aliases[stmt.target.id] = kind
+    if occurrences is None:  # some pattern has no literal piece: look at every word
+        occurrences = [
+            (m.start(), m.end(), m.group(0), names.is_cache_list(m.group(0)))
+            for m in re.finditer(r"\w+", text)
+            if names.is_cache(m.group(0)) or names.is_cache_list(m.group(0))
+        ]
+    cache_words = [(at, end) for at, end, _, listed in occurrences if not listed]
+    # a cache-named parameter annotated as a sequence somewhere in the file: callers to follow
+    callers = any(_ANNOTATED.match(text, end) for _, end in cache_words)
     returns: dict[str, bool] = {}
     passed: set[str] = set()
     for func in functions:
         if func.returns is not None:
             pair = annotation_kind(func.returns) is Kind.PAIR
             returns[func.name] = returns.get(func.name, True) and pair
-        passed |= _passes_pairs(func)
+        if callers:
+            passed |= _passes_pairs(func, names)
     stored: dict[str, bool] = {}
-    offsets = [
-        at for at, word in names.cache_list_words(text) if _STORE.match(text, at + len(word))
-    ]
+    offsets = [at for at, end, _, listed in occurrences if listed and _STORE.match(text, end)]
     if offsets:
         lines = {text.count("\n", 0, at) + 1 for at in offsets}
         for stmt in _statements_at(tree.body, lines):
-            for node in walk(stmt):
+            for node in _nested(stmt):
                 _store(node, names, stored)
     bound: dict[str, bool] = {}
     offsets = [
-        at
-        for at, word in names.cache_words(text)
-        if text[at - 1 : at] == "." and _BINDING.match(text, at + len(word))
+        at for at, end in cache_words if text[at - 1 : at] == "." and _BINDING.match(text, end)
     ]
     if offsets:
         lines = {text.count("\n", 0, at) + 1 for at in offsets}
         for stmt in _statements_at(tree.body, lines):
-            for node in walk(stmt):
+            for node in _nested(stmt):
                 _binding(node, names, bound)
     return ValueFacts(aliases, returns, stored, bound, frozenset(passed))
 
 
-def _passes_pairs(func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+def _passes_pairs(func: ast.FunctionDef | ast.AsyncFunctionDef, names: KvNames) -> set[str]:
     """``def f(self, kv_cache: tuple[Tensor, ...]): self.g(meta, kv_cache)``: g's first
-    argument after ``self`` is a pair wherever f calls it ("g#1"; by keyword "g#kv_cache")."""
+    argument after ``self`` is a pair wherever f calls it ("g#1"; by keyword "g#kv_cache").
+    Only cache-named parameters are followed."""
     arguments = [*func.args.posonlyargs, *func.args.args, *func.args.kwonlyargs]
-    pairs = {a.arg for a in arguments if annotation_kind(a.annotation) is Kind.PAIR}
+    pairs = {
+        a.arg
+        for a in arguments
+        if a.annotation is not None
+        and names.is_cache(a.arg)
+        and annotation_kind(a.annotation) is Kind.PAIR
+    }
     if not pairs:
         return set()
     out = set()
@@ -260,7 +279,22 @@ def _statements_at(body: list[ast.stmt], lines: set[int]) -> Iterator[ast.stmt]:
                 yield stmt
 
 
-def _store(node: ast.AST, names: KvNames, stored: dict[str, bool]) -> None:
+def _nested(stmt: ast.stmt) -> Iterator[ast.stmt]:
+    """The statement and every statement nested in it (no expressions are walked)."""
+    stack: list[ast.AST] = [stmt]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.stmt):
+            yield node
+        for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+            block = getattr(node, name, None)
+            if type(block) is list:
+                stack.extend(block)
+
+
+def _store(node: ast.stmt, names: KvNames, stored: dict[str, bool]) -> None:
+    if isinstance(node, ast.Expr):
+        node = node.value  # type: ignore[assignment]
     if isinstance(node, ast.Assign):
         for target in node.targets:
             if isinstance(target, ast.Subscript):
