@@ -320,8 +320,8 @@ class Collector:
         passed = _passed(function, params, values.passed_pairs)
         scan.run(
             body,
-            _annotated(annotations or {}, values.type_aliases).add(passed),
-            values.type_aliases,
+            _annotated(annotations or {}, values.alias_kinds).add(passed),
+            values.alias_kinds,
             values.pair_returning,
         )
         ctx.head_names = frozenset(
@@ -331,7 +331,7 @@ class Collector:
             for n in names
             if any("head" in w.value.lower() for w in _walk_names(value))
         )
-        _aliases(scan, ctx, frozenset(params), values.type_aliases)
+        _aliases(scan, ctx, frozenset(params), values.alias_kinds)
         splits: list[tuple[Split, tuple[str, ...]]] = []
         targets_of: dict[int, tuple[str, ...]] = {}
         for names, value, _node in scan.assigns:

@@ -47,7 +47,8 @@ TENSOR_TYPES = frozenset({"Tensor", "ndarray", "Array"})
 class ValueFacts:
     """Per file (from the ast), then merged over the project."""
 
-    type_aliases: dict[str, Kind] = field(default_factory=dict)
+    # alias name -> the name of its Kind (a plain string, so that the cache stores it as JSON)
+    type_aliases: dict[str, str] = field(default_factory=dict)
     # function name -> whether its return annotation is a sequence type
     returns: dict[str, bool] = field(default_factory=dict)
     # cache-list name -> whether every value stored in it is a tuple/list display
@@ -57,6 +58,10 @@ class ValueFacts:
     # parameters that a caller passes a sequence-annotated value to, as "function#slot"
     # (slot: the position among the arguments after ``self``, or the keyword)
     passed_pairs: frozenset[str] = frozenset()
+
+    @cached_property
+    def alias_kinds(self) -> dict[str, Kind]:
+        return {name: Kind[kind] for name, kind in self.type_aliases.items()}
 
     @cached_property
     def pair_returning(self) -> frozenset[str]:
@@ -86,7 +91,7 @@ NO_VALUE_FACTS = ValueFacts()
 
 def merge(per_file: Iterable[ValueFacts]) -> ValueFacts:
     """One project's facts: a name whose files disagree is dropped."""
-    aliases: dict[str, Kind | None] = {}
+    aliases: dict[str, str | None] = {}
     returns: dict[str, bool] = {}
     stored: dict[str, bool] = {}
     bound: dict[str, bool] = {}
@@ -94,7 +99,7 @@ def merge(per_file: Iterable[ValueFacts]) -> ValueFacts:
     for facts in per_file:
         passed |= facts.passed_pairs
         for name, kind in facts.type_aliases.items():
-            aliases[name] = kind if aliases.get(name, kind) is kind else None
+            aliases[name] = kind if aliases.get(name, kind) == kind else None
         for name, pair in facts.returns.items():
             returns[name] = returns.get(name, True) and pair
         for name, pair in facts.stored_pairs.items():
@@ -167,7 +172,7 @@ def file_value_facts(
     """The file's type aliases, annotated returns (of the functions outside function
     bodies) and container stores. Only a file whose text stores into a cache-list name
     is walked for stores; the rest costs a look at its top-level statements."""
-    aliases: dict[str, Kind] = {}
+    aliases: dict[str, str] = {}
     for stmt in tree.body:
         if (
             isinstance(stmt, ast.Assign)
@@ -177,7 +182,7 @@ def file_value_facts(
         ):
             kind = annotation_kind(stmt.value)
             if kind is not None:
-                aliases[stmt.targets[0].id] = kind
+                aliases[stmt.targets[0].id] = kind.name
         elif (
             isinstance(stmt, ast.AnnAssign)
             and isinstance(stmt.target, ast.Name)
@@ -185,7 +190,7 @@ def file_value_facts(
         ):
             kind = annotation_kind(stmt.value)
             if kind is not None:
-                aliases[stmt.target.id] = kind
+                aliases[stmt.target.id] = kind.name
     if occurrences is None:  # some pattern has no literal piece: look at every word
         occurrences = [
             (m.start(), m.end(), m.group(0), names.is_cache_list(m.group(0)))
