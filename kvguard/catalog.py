@@ -26,6 +26,8 @@ class Example:
     # `--fix --unsafe-fixes` (None: not stated)
     fixed: str | None = None
     unsafe_fixed: str | None = None
+    # the kind of evidence (a key of the rule's [evidence] table) this example shows
+    evidence: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class Rule:
     fix_safety: str = ""
     options: tuple[tuple[str, str], ...] = ()
     references: tuple[str, ...] = ()
+    # kinds of evidence that clear a site: (name, what it is), in the order documented
+    evidence: tuple[tuple[str, str], ...] = ()
     valid: tuple[Example, ...] = field(default=(), repr=False)
     invalid: tuple[Example, ...] = field(default=(), repr=False)
     source: str = ""
@@ -63,6 +67,8 @@ class Rule:
             f"## Example\n```python\n{self.example.strip()}\n```",
             f"## Use instead\n```python\n{self.use_instead.strip()}\n```",
         ]
+        if self.evidence:
+            parts.append(self._evidence_doc())
         if self.fix_safety:
             parts.append(f"## Fix safety\n{self.fix_safety.strip()}")
         if self.options:
@@ -71,6 +77,18 @@ class Rule:
         if self.references:
             parts.append("## References\n" + "\n".join(f"- {ref}" for ref in self.references))
         return "\n\n".join(parts) + "\n"
+
+    def _evidence_doc(self) -> str:
+        """Each kind of evidence with the examples (flagged, then not) that test it."""
+        sections = ["## Evidence that clears a site"]
+        for name, text in self.evidence:
+            lines = [f"### {name}", text.strip()]
+            for label, examples in (("Flagged:", self.invalid), ("Not flagged:", self.valid)):
+                for example in examples:
+                    if example.evidence == name:
+                        lines.append(f"{label}\n```python\n{example.code.strip()}\n```")
+            sections.append("\n\n".join(lines))
+        return "\n\n".join(sections)
 
 
 class CatalogError(Exception):
@@ -89,6 +107,7 @@ def _examples(raw: list[dict[str, object]], where: str) -> tuple[Example, ...]:
                 lines=tuple(int(n) for n in item.get("lines", ())),  # type: ignore[union-attr]
                 fixed=str(item["fixed"]) if "fixed" in item else None,
                 unsafe_fixed=str(item["unsafe_fixed"]) if "unsafe_fixed" in item else None,
+                evidence=str(item.get("evidence", "")),
             )
         )
     return tuple(out)
@@ -115,6 +134,7 @@ def load_rule(path: Path) -> Rule:
         fix_safety=data.get("fix_safety", ""),
         options=tuple((str(k), str(v)) for k, v in data.get("options", {}).items()),
         references=tuple(data.get("references", ())),
+        evidence=tuple((str(k), str(v)) for k, v in data.get("evidence", {}).items()),
         valid=_examples(data.get("valid", []), str(path)),
         invalid=_examples(data.get("invalid", []), str(path)),
         source=str(path),

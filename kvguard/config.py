@@ -41,6 +41,8 @@ DEFAULT_KV_CACHE_NAMES = (
     "kv_cache_raw",
     "key_value_cache",
     "kv_buffer",
+    "kv_pages",
+    "*_kv_pages",
 )
 # Identifiers that denote a sequence of caches (per layer or per virtual engine):
 # indexing one of these once selects a cache, it does not split one.

@@ -44,6 +44,7 @@ from kvguard.lint.facts import FileFacts, scan
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
 from kvguard.lint.spans import source_lines
+from kvguard.lint.value_facts import merge
 from kvguard.project import Project, find_project, first_path
 from kvguard.suppression import Pragma, ignores_file, pragmas, suppression_notices
 
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from kvguard.lint.checker import FileModel
     from kvguard.lint.registry import Report
 
-CACHE_VERSION = f"{__version__}-6"
+CACHE_VERSION = f"{__version__}-7"  # 7: the value model (FileFacts.values) and notices
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 REPORT_HINT = f"this is a bug in kvguard {__version__}; please report it with this file"
 
@@ -573,12 +574,14 @@ def build_index(facts: dict[str, FileFacts | None], config: Config) -> ProjectIn
         (c for f in facts.values() if f for c in f.classes),
         config.backend_bases,
         {path: f.imports for path, f in facts.items() if f and f.imports},
+        merge(f.values for f in facts.values() if f and not f.values.empty),
     )
 
 
 def index_key(facts: Iterable[FileFacts]) -> str:
     payload = sorted(repr(c) for f in facts for c in f.classes)
     payload += sorted(repr(sorted(f.imports.items())) for f in facts if f.imports)
+    payload += sorted(repr(f.values) for f in facts if not f.values.empty)
     return hashlib.sha256("\n".join(payload).encode()).hexdigest()[:16]
 
 

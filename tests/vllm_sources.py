@@ -20,6 +20,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("KVGUARD_VLLM_CACHE", default))
 
 
+def pip_download(
+    requirement: str, directory: Path, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """``pip download --no-deps`` of one pinned requirement into ``directory``."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", *extra]
+    return subprocess.run(
+        [*command, "-d", str(directory), requirement],
+        capture_output=True,
+        text=True,
+    )
+
+
 def vllm_tree(version: str) -> Path:
     """A directory holding ``vllm/`` of that release (its .py files only)."""
     root = cache_root()
@@ -31,21 +43,7 @@ def vllm_tree(version: str) -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     found = sorted(wheels.glob(f"vllm-{version}-*.whl"))
     if not found:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "-q",
-                "-d",
-                str(wheels),
-                f"vllm=={version}",
-            ],
-            capture_output=True,
-            text=True,
-        )
+        proc = pip_download(f"vllm=={version}", wheels)
         found = sorted(wheels.glob(f"vllm-{version}-*.whl"))
         if proc.returncode != 0 or not found:
             pytest.skip(f"cannot download vllm=={version}: {proc.stderr.strip()[-300:]}")

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from kvguard.lint.facts import FileFacts
+from kvguard.lint.flow import walk_with_facts
 from kvguard.lint.forms import (
+    INSPECTING_CALLS,
     ITERATING_METHODS,
     METADATA_ATTRS,
     PREDICATE_PREFIXES,
@@ -22,16 +24,18 @@ from kvguard.lint.forms import (
 )
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
-from kvguard.lint.receivers import (
-    Context,
-    Kind,
-    Receiver,
-    Split,
-    classify,
-    split_of,
-    unpack_split,
-)
+from kvguard.lint.receivers import Context, Receiver, Split, classify, split_of, unpack_split
 from kvguard.lint.snippets import Snippets
+from kvguard.lint.values import (
+    NO_FACTS,
+    Facts,
+    Kind,
+    construction_kind,
+    element_type,
+    is_latent_name,
+    mentions_latent,
+    type_kind,
+)
 from kvguard.lint.walk import walk
 
 
@@ -68,6 +72,12 @@ class _FunctionScan:
     """Collect assignments and split candidates of one outermost function (or module rest)."""
 
     def __init__(self) -> None:
+        self.facts_at: dict[int, Facts] = {}  # id(candidate node) -> the guards holding there
+        self.bound: set[int] = set()  # ids of the Name nodes that are assignment targets
+        self.names: dict[str, list[int]] | None = None  # name -> ids of the Names reading it
+        self.stores: list[tuple[str, cst.BaseExpression]] = []  # self.<attr> = value
+        self.grown: set[str] = set()  # names concatenated with more (torch.cat([k_cache, k]))
+        self.nested: list[cst.FunctionDef] = []  # functions defined inside this one
         self.assigns: list[tuple[list[str], cst.BaseExpression, cst.CSTNode]] = []
         self.nodes: list[cst.CSTNode] = []
         self.returns: list[cst.Return] = []
@@ -75,11 +85,25 @@ class _FunctionScan:
         self.loops: list[tuple[str, cst.BaseExpression]] = []  # (loop variable, iterable)
         self.keywords: dict[int, str] = {}  # id(argument value) -> keyword it is passed as
         self.inspected: set[int] = set()  # ids of expressions only read for metadata
-        self.type_checked: set[str] = set()  # names passed to isinstance(): maybe tuples
 
     def visit_Assign(self, node: cst.Assign) -> None:
+        for target in node.targets:
+            self.bound.update(id(n) for n in walk(target.target) if type(n) is cst.Name)
         names = [n for t in node.targets for n in _target_names(t.target)]
         self.assigns.append((names, node.value, node))
+        for target in node.targets:
+            elements = (
+                [e.value for e in target.target.elements]
+                if isinstance(target.target, (cst.Tuple, cst.List))
+                else [target.target]
+            )
+            self.stores.extend(
+                (e.attr.value, node.value)
+                for e in elements
+                if isinstance(e, cst.Attribute)
+                and isinstance(e.value, cst.Name)
+                and e.value.value == "self"
+            )
         if isinstance(node.targets[0].target, (cst.Tuple, cst.List)):
             self.unpacks.append(node)
 
@@ -118,23 +142,31 @@ class _FunctionScan:
 
     def visit_Call(self, node: cst.Call) -> None:
         self.nodes.append(node)
-        if isinstance(node.func, cst.Name) and node.func.value == "isinstance" and node.args:
-            checked = node.args[0].value
-            if isinstance(checked, cst.Name):
-                self.type_checked.add(checked.value)
         callee = (
             node.func.attr.value
             if isinstance(node.func, cst.Attribute)
             else (node.func.value if isinstance(node.func, cst.Name) else "")
         )
-        if callee.startswith(PREDICATE_PREFIXES):
+        if callee in ("cat", "concat", "concatenate") and node.args:
+            pieces = node.args[0].value
+            if isinstance(pieces, (cst.List, cst.Tuple)):
+                self.grown.update(
+                    e.value.value for e in pieces.elements if isinstance(e.value, cst.Name)
+                )
+        if callee.startswith(PREDICATE_PREFIXES) or callee in INSPECTING_CALLS:
             # predicates inspect a piece of the cache; they do not read K or V
             self.inspected.update(id(arg.value) for arg in node.args)
 
     def visit_Return(self, node: cst.Return) -> None:
         self.returns.append(node)
 
-    def run(self, body: cst.CSTNode) -> None:
+    def run(
+        self,
+        body: cst.CSTNode,
+        facts: Facts,
+        type_aliases: dict[str, Kind],
+        returns: frozenset[str],
+    ) -> None:
         handlers = {
             cst.Assign: self.visit_Assign,
             cst.AnnAssign: self.visit_AnnAssign,
@@ -145,16 +177,24 @@ class _FunctionScan:
             cst.Attribute: self.visit_Attribute,
             cst.Call: self.visit_Call,
             cst.Return: self.visit_Return,
+            cst.FunctionDef: self.nested.append,
         }
-        for node in walk(body):
+        candidates = (cst.Subscript, cst.Call, cst.Assign)
+        for node, here in walk_with_facts(body, facts, type_aliases, returns):
             handler = handlers.get(type(node))
             if handler is not None:
                 handler(node)  # type: ignore[operator]
+                if here is not NO_FACTS and type(node) in candidates:
+                    self.facts_at[id(node)] = here
 
 
-def _aliases(scan: _FunctionScan, ctx: Context) -> dict[str, Receiver]:
-    """Names bound (flow-insensitively) to a cache, a list of caches or a view of one."""
-    aliases: dict[str, Receiver] = {}
+def _aliases(
+    scan: _FunctionScan, ctx: Context, params: frozenset[str], type_aliases: dict[str, Kind]
+) -> dict[str, Receiver]:
+    """Names bound (flow-insensitively) to a cache, a list of caches or a view of one, or
+    to what their annotation or construction says (``values``)."""
+    built = _constructed(scan, ctx, params, type_aliases)
+    aliases: dict[str, Receiver] = dict(built)
     for _ in range(8):  # chains of aliases are short; 8 rounds reach a fixed point in practice
         ctx.aliases = aliases
         changed = False
@@ -163,7 +203,7 @@ def _aliases(scan: _FunctionScan, ctx: Context) -> dict[str, Receiver]:
                 continue
             name = names[0]
             selecting = ctx.names.is_cache(name)
-            receiver = classify(value, ctx, selecting=selecting)
+            receiver = built.get(name) or classify(value, ctx, selecting=selecting)
             if receiver is None:
                 continue
             if any(w in name for w in STATE_WORDS):
@@ -175,6 +215,7 @@ def _aliases(scan: _FunctionScan, ctx: Context) -> dict[str, Receiver]:
                     old.root,
                     old.moves,
                     old.reshaped or receiver.reshaped or old.moves != receiver.moves,
+                    old.element,
                 )
             if aliases.get(name) != receiver:
                 aliases[name] = receiver
@@ -182,12 +223,44 @@ def _aliases(scan: _FunctionScan, ctx: Context) -> dict[str, Receiver]:
         for name, iterable in scan.loops:
             receiver = classify(iterable, ctx)
             if receiver is not None and receiver.kind is Kind.LIST and name not in aliases:
-                aliases[name] = Receiver(Kind.CACHE, receiver.root)
+                aliases[name] = Receiver(receiver.element, receiver.root)
                 changed = True
         if not changed:
             break
     ctx.aliases = aliases
     return aliases
+
+
+def _constructed(
+    scan: _FunctionScan, ctx: Context, params: frozenset[str], type_aliases: dict[str, Kind]
+) -> dict[str, Receiver]:
+    """Locals that every binding in the function says what they are: an annotation, or a
+    construction site (``values.construction_kind``). Parameters are left alone: an
+    assignment to one may replace only some of the values it arrives with."""
+    kinds: dict[str, set[Kind | None]] = {}
+    for names, value, node in scan.assigns:
+        if len(names) != 1:
+            # ``x, kv_cache = block(x, kv_cache)``: a cache that a call hands back beside
+            # its output is that model's own (HF-style) cache; the runner binds paged caches
+            # through parameters and attributes, it never returns one from a forward
+            returned = isinstance(value, (cst.Call, cst.Name)) and classify(value, ctx) is None
+            for name in names:
+                kinds.setdefault(name, set()).add(Kind.LOCAL if returned else None)
+            continue
+        kind = None
+        if isinstance(node, cst.AnnAssign):
+            kind = type_kind(node.annotation.annotation, type_aliases)
+        kinds.setdefault(names[0], set()).add(kind or construction_kind(value, ctx.pair_returning))
+    for name, _iterable in scan.loops:
+        kinds.setdefault(name, set()).add(None)
+    return {
+        name: Receiver(next(iter(found)), name)  # type: ignore[arg-type]
+        for name, found in kinds.items()
+        if name not in params
+        and len(found) == 1
+        and None not in found
+        and next(iter(found)) is not Kind.CACHE
+    }
 
 
 class Collector:
@@ -229,13 +302,28 @@ class Collector:
         class_name: str | None,
         function: str | None,
         params: list[str],
+        annotations: dict[str, cst.BaseExpression] | None = None,
     ) -> list[SplitSite]:
         state, mla, self_kind = self.class_context(class_name)
         if mla:
             return []
-        ctx = Context(self.names, state_context=state, self_kv_cache=self_kind)
+        values = self.index.values
+        ctx = Context(
+            self.names,
+            state_context=state,
+            self_kv_cache=self_kind,
+            pair_returning=values.pair_returning,
+            pair_lists=values.pair_lists,
+            engine_lists=values.engine_lists,
+        )
         scan = _FunctionScan()
-        scan.run(body)
+        passed = _passed(function, params, values.passed_pairs)
+        scan.run(
+            body,
+            _annotated(annotations or {}, values.alias_kinds).add(passed),
+            values.alias_kinds,
+            values.pair_returning,
+        )
         ctx.head_names = frozenset(
             n
             for names, value, _node in scan.assigns
@@ -243,38 +331,72 @@ class Collector:
             for n in names
             if any("head" in w.value.lower() for w in _walk_names(value))
         )
-        _aliases(scan, ctx)
+        _aliases(scan, ctx, frozenset(params), values.alias_kinds)
         splits: list[tuple[Split, tuple[str, ...]]] = []
         targets_of: dict[int, tuple[str, ...]] = {}
         for names, value, _node in scan.assigns:
             targets_of[id(value)] = tuple(names)
         seen: set[int] = set()
+        checked: set[int] = set()  # splits where guards say the layout is known or latent
         for node in scan.nodes:
+            facts = ctx.facts = scan.facts_at.get(id(node), NO_FACTS)
             split = split_of(node, ctx)
             if split is None or id(node) in seen:
                 continue
             seen.add(id(node))
+            if facts.checked or facts.latent:
+                checked.add(id(node))
             splits.append((split, targets_of.get(id(node), ())))
         for assign in scan.unpacks:
+            facts = ctx.facts = scan.facts_at.get(id(assign), NO_FACTS)
             split = unpack_split(assign, ctx)
-            if split is not None and not (
-                isinstance(assign.value, cst.Name) and assign.value.value in scan.type_checked
-            ):
+            if split is not None:
+                if facts.checked or facts.latent:
+                    checked.add(id(split.node))
                 splits.append(
                     (split, tuple(n for t in assign.targets for n in _target_names(t.target)))
                 )
+        ctx.facts = NO_FACTS
         splits = [
             (s, t)
             for s, t in splits
             if not (t and all(any(w in name for w in STATE_WORDS) for name in t))
             and not (t and all(self.names.is_cache(name) for name in t))
+            and not (t and all(is_latent_name(name) for name in t))
             and not any(w in scan.keywords.get(id(s.node), "") for w in STATE_WORDS)
             and id(s.node) not in scan.inspected
+            and id(s.node) not in checked
+            and not mentions_latent(s.node)
+            and not _only_inspected(t, scan, body)
+            and not (t and any(name in scan.grown for name in t))
         ]
         in_splitter = function is not None and (
             self.names.is_splitter(function) or _is_structural_splitter(scan, splits, params, ctx)
         )
-        return [SplitSite(s, class_name, function, in_splitter, t) for s, t in splits]
+        inner = set() if in_splitter else self._in_nested_splitters(scan, class_name, splits)
+        return [
+            SplitSite(s, class_name, function, in_splitter or id(s.node) in inner, t)
+            for s, t in splits
+        ]
+
+    def _in_nested_splitters(
+        self,
+        scan: _FunctionScan,
+        class_name: str | None,
+        splits: list[tuple[Split, tuple[str, ...]]],
+    ) -> set[int]:
+        """Ids of the splits that sit in a splitter defined inside this function (a closure,
+        a method patched in at run time)."""
+        found: set[int] = set()
+        if not splits:
+            return found
+        for node in scan.nested:
+            inside = {id(n) for n in walk(node.body)}
+            if not any(id(s.node) in inside for s, _ in splits):
+                continue
+            sites = self.unit(node.body, class_name, node.name.value, _params(node))
+            found.update(id(site.split.node) for site in sites if site.in_splitter)
+        return found
 
 
 def _is_structural_splitter(
@@ -283,14 +405,16 @@ def _is_structural_splitter(
     params: list[str],
     ctx: Context,
 ) -> bool:
-    """A function whose job is to take a cache and return its K and V views.
+    """A function whose job is to take a cache and return or memoise its K and V views.
 
     It splits a cache, and each of its returns hands back that split, or a tuple with
     at least two items bound to (views of) pieces of it, possibly nested:
-    ``return (k_data, v_data), (k_scale, v_scale)``.
+    ``return (k_data, v_data), (k_scale, v_scale)``; or it returns nothing and stores
+    (views of) the pieces in two or more attributes of ``self`` (``self.key_cache,
+    self.value_cache = ...``), for other methods to use.
     """
     # a splitter takes the cache and little else; forward(self, layer, query, ...) is no splitter
-    if not scan.returns or not splits or len([p for p in params if p not in ("self", "cls")]) > 2:
+    if not splits or len([p for p in params if p not in ("self", "cls")]) > 2:
         return False
     split_nodes = {id(s.node) for s, _ in splits}
     split_names = {name for s, targets in splits for name in targets}
@@ -306,9 +430,14 @@ def _is_structural_splitter(
             return int(node.value in split_names)
         if isinstance(node, (cst.Tuple, cst.List)):
             return sum(pieces(e.value) for e in node.elements)
-        if isinstance(node, cst.Call):
-            return int(any(n.value in split_names for n in _walk_names(node)))
-        return 0
+        # a view or a part of one piece (k.view(...), v[offset:], kv[:, 0].view(...)), or a
+        # call over it
+        return int(
+            any(
+                id(n) in split_nodes or (type(n) is cst.Name and n.value in split_names)
+                for n in walk(node)
+            )
+        )
 
     def is_guard(node: cst.BaseExpression | None) -> bool:
         """``return None, None`` while the cache is unallocated."""
@@ -317,16 +446,71 @@ def _is_structural_splitter(
         return isinstance(node, cst.Tuple) and all(is_guard(e.value) for e in node.elements)
 
     real = [ret for ret in scan.returns if not is_guard(ret.value)]
-    return bool(real) and all(pieces(ret.value) >= 2 for ret in real)  # type: ignore[arg-type]
+    if not real:
+        memoised = {attr for attr, value in scan.stores if pieces(value)}
+        return len(memoised) >= 2
+    return all(pieces(ret.value) >= 2 for ret in real)  # type: ignore[arg-type]
+
+
+def _annotated(annotations: dict[str, cst.BaseExpression], type_aliases: dict[str, Kind]) -> Facts:
+    """What the parameters' annotations say: ``kv_cache: tuple[Tensor, Tensor]`` is a pair,
+    ``kv_caches: list[tuple[...]]`` a container of pairs."""
+    kinds: list[tuple[str, Kind]] = []
+    for name, annotation in annotations.items():
+        kind = type_kind(annotation, type_aliases)
+        if kind is not None:
+            kinds.append((name, kind))
+        element = element_type(annotation)
+        if element is not None:
+            inner = type_kind(element, type_aliases)
+            if inner is not None:
+                kinds.append((f"{name}[*]", inner))
+    return Facts(tuple(kinds)) if kinds else NO_FACTS
+
+
+def _passed(function: str | None, params: list[str], passed_pairs: frozenset[str]) -> Facts:
+    """Parameters a caller annotated as a sequence passes in (``value_facts``)."""
+    if function is None or not passed_pairs:
+        return NO_FACTS
+    after_self = params[1:] if params and params[0] in ("self", "cls") else params
+    kinds = tuple(
+        (name, Kind.PAIR)
+        for position, name in enumerate(after_self)
+        if f"{function}#{position}" in passed_pairs or f"{function}#{name}" in passed_pairs
+    )
+    return Facts(kinds) if kinds else NO_FACTS
+
+
+def _only_inspected(targets: tuple[str, ...], scan: _FunctionScan, body: cst.CSTNode) -> bool:
+    """A piece bound to one name that is then only inspected (``inner.shape[2]``)."""
+    if len(targets) != 1 or not scan.inspected:
+        return False
+    if scan.names is None:  # looked up once per function, only when a piece may be inspected
+        scan.names = {}
+        for n in walk(body):
+            if type(n) is cst.Name and id(n) not in scan.bound:
+                scan.names.setdefault(n.value, []).append(id(n))
+    uses = scan.names.get(targets[0], [])
+    return bool(uses) and all(use in scan.inspected for use in uses)
 
 
 def _walk_names(node: cst.CSTNode) -> Iterator[cst.Name]:
     return (n for n in walk(node) if type(n) is cst.Name)
 
 
-def _params(node: cst.FunctionDef) -> list[str]:
+def _all_params(node: cst.FunctionDef) -> list[cst.Param]:
     params = node.params
-    return [p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)]
+    return [*params.posonly_params, *params.params, *params.kwonly_params]
+
+
+def _params(node: cst.FunctionDef) -> list[str]:
+    return [p.name.value for p in _all_params(node)]
+
+
+def _annotations(node: cst.FunctionDef) -> dict[str, cst.BaseExpression]:
+    return {
+        p.name.value: p.annotation.annotation for p in _all_params(node) if p.annotation is not None
+    }
 
 
 class _Walker(cst.CSTVisitor):
@@ -348,7 +532,9 @@ class _Walker(cst.CSTVisitor):
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         owner = self.class_stack[-1].name.value if self.class_stack else None
         self.model.sites.extend(
-            self.collector.unit(node.body, owner, node.name.value, _params(node))
+            self.collector.unit(
+                node.body, owner, node.name.value, _params(node), _annotations(node)
+            )
         )
         return False  # nested functions belong to this unit
 
@@ -384,7 +570,9 @@ def collect_units(
         else:
             node = snippets.statement(unit.spans, unit.nested)
             assert isinstance(node, cst.FunctionDef), (path, unit)
-            sites = collector.unit(node.body, unit.class_name, node.name.value, _params(node))
+            sites = collector.unit(
+                node.body, unit.class_name, node.name.value, _params(node), _annotations(node)
+            )
         snippets.claim(site.split.node for site in sites)
         model.sites.extend(sites)
     return model

@@ -32,7 +32,7 @@ from kvguard.lint.layouts import (
     shapes_of,
     stride_orders_of,
 )
-from kvguard.lint.names import KvNames
+from kvguard.lint.names import KvNames, Occurrence
 from kvguard.lint.prescreen import Prescreen, unit_context
 from kvguard.lint.spans import (
     LAYOUT_METHODS,
@@ -42,6 +42,7 @@ from kvguard.lint.spans import (
     line_offsets,
     source_lines,
 )
+from kvguard.lint.value_facts import NO_VALUE_FACTS, ValueFacts, file_value_facts
 
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -74,6 +75,7 @@ class FileFacts:
     # names bound by ``from M import N [as local]``: local -> (M as a path stem, N);
     # a relative M is already joined to this file's directory
     imports: dict[str, tuple[str, str]] = field(default_factory=dict)
+    values: ValueFacts = NO_VALUE_FACTS  # type aliases, tuple-returning functions, bindings
 
     @property
     def candidate(self) -> bool:
@@ -362,7 +364,8 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
     functions: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ast.ClassDef | None]] = []
     all_classes: list[ast.ClassDef] = []
     _defs(tree.body, None, functions, all_classes)
-    spells = _receiver_spelling(text, names)
+    occurrences = names.occurrences(text)
+    spells = _receiver_spelling(text, names, occurrences)
     prescreen = Prescreen(names, ascii_source=text.isascii())
     path_state, path_mla = path_context(path)
     # the class libcst's rules will find for a name: the first of it in this file
@@ -402,12 +405,15 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
         units=tuple(units),
         class_spans=spans_by_name,
         imports=_imports(tree.body, path),
+        values=file_value_facts(tree, names, text, (f for f, _ in functions), occurrences),
     )
 
 
-def _receiver_spelling(text: str, names: KvNames) -> Callable[[Lines], bool]:
+def _receiver_spelling(
+    text: str, names: KvNames, occurrences: list[Occurrence] | None
+) -> Callable[[Lines], bool]:
     """Whether lines of the text spell a cache or cache-list word (see the module doc)."""
-    words = names.receiver_words(text)
+    words = names.receiver_words(text, occurrences)
     if words is None:
         return lambda spans: True
     if not words:

@@ -68,10 +68,17 @@ METADATA_ATTRS = frozenset(
         "untyped_storage",
         "ndim",
         "dim",
+        "item",
+        "tolist",
     }
 )
 # Calls with these name prefixes inspect their arguments (predicates, assertions).
 PREDICATE_PREFIXES = ("is_", "assert", "check")
+# Builtins that read a value's type, length or attributes, or turn it into one Python
+# number (so it is a scalar, not K or V), never its K or V.
+INSPECTING_CALLS = frozenset(
+    {"isinstance", "len", "type", "hasattr", "getattr", "id", "int", "float", "bool"}
+)
 
 
 def path_context(path: str) -> tuple[bool, bool]:

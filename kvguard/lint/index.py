@@ -19,6 +19,7 @@ from typing import Any
 
 from kvguard.lint.facts import ClassFacts
 from kvguard.lint.layouts import UNKNOWN, LayoutDecl
+from kvguard.lint.value_facts import NO_VALUE_FACTS, ValueFacts
 
 
 def _is_module(path: str, stem: str) -> bool:
@@ -61,6 +62,8 @@ class ProjectIndex:
     backend_bases: tuple[str, ...] = ()
     # per file: local name -> (module path stem, imported name), from ``FileFacts.imports``
     imports: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    # what values are, project-wide (``value_facts``: type aliases, tuple returns, bindings)
+    values: ValueFacts = NO_VALUE_FACTS
     # memoised answers and maps (the index does not change once built); not pickled
     _memo: dict[str, dict[Any, Any]] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -78,8 +81,9 @@ class ProjectIndex:
         classes: Iterable[ClassFacts],
         backend_bases: tuple[str, ...] = (),
         imports: dict[str, dict[str, tuple[str, str]]] | None = None,
+        values: ValueFacts = NO_VALUE_FACTS,
     ) -> ProjectIndex:
-        index = cls(backend_bases=backend_bases, imports=imports or {})
+        index = cls(backend_bases=backend_bases, imports=imports or {}, values=values)
         for facts in classes:
             index.by_name.setdefault(facts.name, []).append(facts)
         return index

@@ -164,6 +164,10 @@ def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{glob_to_regex(as_python_sees(p))})" for p in patterns))
 
 
+# (offset, end, word as CPython sees it, whether it names a list of caches)
+Occurrence = tuple[int, int, str, bool]
+
+
 @dataclass(frozen=True)
 class KvNames:
     cache: tuple[str, ...]
@@ -253,18 +257,30 @@ class KvNames:
                 return True
         return False
 
-    def receiver_words(self, text: str) -> list[int] | None:
-        """Sorted offsets of the words that name a cache or a list of caches where they can
-        start a receiver (every receiver the rules accept starts from one); None when the
-        patterns have no literal piece."""
+    def occurrences(self, text: str) -> list[Occurrence] | None:
+        """(offset, end, word as CPython sees it, names a list) of each word that names a
+        cache or a list of caches, in one scan; None when the patterns have no literal
+        piece."""
         cores = self._receiver_cores
         if cores is None:
             return None
+        found = []
+        for offset, end, word in self._words(text, cores):
+            if self.is_cache(word):
+                found.append((offset, end, word, False))
+            elif self.is_cache_list(word):
+                found.append((offset, end, word, True))
+        return found
+
+    def receiver_words(
+        self, text: str, occurrences: list[Occurrence] | None = None
+    ) -> list[int] | None:
+        """Sorted offsets of the words that name a cache or a list of caches where they can
+        start a receiver (every receiver the rules accept starts from one); None when the
+        patterns have no literal piece. ``occurrences`` saves the scan when it was made."""
+        found = self.occurrences(text) if occurrences is None else occurrences
+        if found is None:
+            return None
         return sorted(
-            {
-                offset
-                for offset, end, word in self._words(text, cores)
-                if (self.is_cache(word) or self.is_cache_list(word))
-                and _may_start_receiver(text, offset, end)
-            }
+            {offset for offset, end, _, _ in found if _may_start_receiver(text, offset, end)}
         )

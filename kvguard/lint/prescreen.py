@@ -10,7 +10,9 @@ decide it, and is weakened wherever the ast cannot see what libcst sees:
 - aliases reach a fixed point (libcst stops after 8 rounds);
 - a subscript of a cache or a list of caches may be a cache, whatever its index (libcst
   also asks whether it selects blocks, and how many elements a list index has; the ast
-  cannot tell ``x[(a, b)]`` from ``x[a, b]``);
+  cannot tell ``x[(a, b)]`` from ``x[a, b]``); any bounded or stepped slice may split;
+- the value model's evidence (``values``: guards, annotations, construction sites, project
+  facts) only ever takes splits away, so the prescreen ignores it;
 - a split whose size or slice bound is not a literal counts (libcst asks whether it
   mentions a head size);
 - a class's state or MLA nature is read from the class and its own bases only (libcst
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from kvguard.lint.forms import (
     CHAIN_METHODS,
+    INSPECTING_CALLS,
     ITERATING_METHODS,
     METADATA_ATTRS,
     PREDICATE_PREFIXES,
@@ -141,18 +144,20 @@ def _may_halve(method: str, args: list[ast.expr], keywords: list[ast.keyword]) -
 
 def _may_split_subscript(sub: ast.Subscript) -> bool:
     """Not surely a block selection and not surely without a K/V axis (libcst's
-    ``_is_selection`` and ``_subscript_axis`` look at the first element that is neither
-    ``...`` nor a bare ``:``)."""
+    ``_subscript_axis`` passes over elements that pick blocks, and the first element that
+    may cut a dim decides)."""
     index = sub.slice
     elements = index.elts if isinstance(index, ast.Tuple) else [index]
     for element in elements:
         if isinstance(element, ast.Constant) and element.value is Ellipsis:
             continue
         if isinstance(element, ast.Slice):
-            if element.lower is None and element.upper is None:
+            if element.lower is None and element.upper is None and element.step is None:
                 continue
             return True
-        return _int(element) in _KV_AXIS_INDICES
+        literal = _int(element)
+        if literal is not None:
+            return literal in _KV_AXIS_INDICES
     return False
 
 
@@ -239,7 +244,7 @@ class Prescreen:
     ) -> None:
         func = call.func
         callee = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        if self.exact and callee.startswith(PREDICATE_PREFIXES):
+        if self.exact and (callee.startswith(PREDICATE_PREFIXES) or callee in INSPECTING_CALLS):
             dropped.update(id(a.value if isinstance(a, ast.Starred) else a) for a in call.args)
             dropped.update(id(k.value) for k in call.keywords)
         if not isinstance(func, ast.Attribute) or func.attr not in SPLIT_METHODS:
@@ -329,7 +334,7 @@ class Prescreen:
         if (
             isinstance(expr, ast.Call)
             and isinstance(expr.func, ast.Attribute)
-            and expr.func.attr in CHAIN_METHODS
+            and (expr.func.attr in CHAIN_METHODS or expr.func.attr in ("select", "narrow"))
         ):
             return CACHE if self.kinds(expr.func.value, aliases, ctx) & CACHE else 0
         return 0

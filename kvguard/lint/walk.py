@@ -98,3 +98,16 @@ def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
         if below:
             below.reverse()
             stack.extend(below)
+
+
+def children(node: cst.CSTNode) -> list[cst.CSTNode]:
+    """The nodes ``walk`` visits right below ``node``, in source order."""
+    kind = type(node)
+    below: list[cst.CSTNode] = []
+    for name in _FIELDS.get(kind) or _fields(kind):
+        value = getattr(node, name)
+        if isinstance(value, cst.CSTNode):
+            below.append(value)
+        elif isinstance(value, (tuple, list)):
+            below.extend(v for v in value if isinstance(v, cst.CSTNode))
+    return below

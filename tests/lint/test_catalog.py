@@ -145,6 +145,25 @@ def test_doc_example_is_flagged_and_use_instead_is_not(rule: Rule) -> None:
     assert good == [], f"{rule.code}: the 'use_instead' in the docs is flagged"
 
 
+def test_every_kind_of_evidence_has_a_flagged_and_a_clean_example() -> None:
+    """KVG001's docs name each kind of evidence that clears a site, and the examples that
+    test it: one the evidence clears and one it does not (the examples run above)."""
+    rule = CATALOG["KVG001"]
+    assert len(rule.evidence) >= 8
+    names = {name for name, _ in rule.evidence}
+    used = {e.evidence for e in (*rule.valid, *rule.invalid) if e.evidence}
+    assert used == names, used ^ names
+    for name in names:
+        assert any(e.evidence == name for e in rule.valid), name
+        assert any(e.evidence == name for e in rule.invalid), name
+    doc = rule.doc()
+    assert doc.index("## Use instead\n") < doc.index("## Evidence that clears a site\n")
+    for name, text in rule.evidence:
+        section = doc.split(f"### {name}\n", 1)[1].split("\n### ", 1)[0]
+        assert section.lstrip().startswith(text.strip())
+        assert "Flagged:\n```python" in section and "Not flagged:\n```python" in section
+
+
 # -- kvguard rule / kvguard rules -----------------------------------------------------
 
 

@@ -61,21 +61,26 @@ def score(tree: Path, version: str, include_ambiguous: bool = True) -> Score:
     return Score(version, tp, fp, fn, unl)
 
 
+def report(title: str, s: Score) -> None:
+    """One line of figures, then every site that was not a true positive."""
+    print(
+        f"{title}: precision {s.precision:.2f} recall {s.recall:.2f} "
+        f"(true {len(s.true_positives) + len(s.false_negatives)}, tp {len(s.true_positives)}, "
+        f"fp {len(s.false_positives)}, fn {len(s.false_negatives)}, "
+        f"unlabelled {len(s.unlabelled)})"
+    )
+    for kind, label in (
+        ("false_positives", "false positive"),
+        ("false_negatives", "false negative"),
+        ("unlabelled", "unlabelled"),
+    ):
+        for item in getattr(s, kind):
+            print(f"  {label}: {item}")
+
+
 if __name__ == "__main__":
     import sys
 
     root = Path(sys.argv[1])
     for version in sys.argv[2:]:
-        s = score(root / version, version)
-        print(
-            f"{version}: precision {s.precision:.2f} recall {s.recall:.2f} "
-            f"(tp {len(s.true_positives)}, fp {len(s.false_positives)}, "
-            f"fn {len(s.false_negatives)}, unlabelled {len(s.unlabelled)})"
-        )
-        for kind, label in (
-            ("false_positives", "false positive"),
-            ("false_negatives", "false negative"),
-            ("unlabelled", "unlabelled"),
-        ):
-            for item in getattr(s, kind):
-                print(f"  {label}: {item}")
+        report(version, score(root / version, version))
