@@ -37,6 +37,7 @@ class Project:
     # last rule that matches a path decides; no rule matching means not covered
     scope: tuple[tuple[str, bool], ...]
     held_out: bool  # not looked at while the rules were designed
+    blind: bool = False  # labelled by a third engineer, first scored on the finished rules
     sdist: bool = False  # only an sdist exists, whose metadata pip cannot prepare here
 
     @property
@@ -50,8 +51,9 @@ class Project:
                 covered = verdict
         return covered
 
-    def labels(self) -> list[dict]:
-        return json.loads((LABELS_DIR / f"{self.name}.json").read_text(encoding="utf-8"))
+    def labels(self, include_ambiguous: bool = True) -> list[dict]:
+        labels = json.loads((LABELS_DIR / f"{self.name}.json").read_text(encoding="utf-8"))
+        return [x for x in labels if include_ambiguous or not x.get("ambiguous", False)]
 
 
 def projects() -> dict[str, Project]:
@@ -66,6 +68,7 @@ def projects() -> dict[str, Project]:
             package=item["package"],
             scope=tuple((str(glob), bool(covered)) for glob, covered in item["scope"]),
             held_out=bool(item.get("held_out", False)),
+            blind=bool(item.get("blind", False)),
             sdist=bool(item.get("sdist", False)),
         )
         for name, item in raw.items()
