@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from kvguard.lint.checker import FileModel
     from kvguard.lint.registry import Report
 
-CACHE_VERSION = f"{__version__}-7"  # 7: the value model (FileFacts.values) and notices
+CACHE_VERSION = f"{__version__}-8"  # 8: parameters that calls fill with a cache (Unit.cache_params)
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 REPORT_HINT = f"this is a bug in kvguard {__version__}; please report it with this file"
 

@@ -6,12 +6,15 @@ the classes; the rules then judge those facts with the project index.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import libcst as cst
 
-from kvguard.lint.facts import FileFacts
+from kvguard.lint.array_attributes import ARRAY_ATTRIBUTES
+from kvguard.lint.cache_params import CacheParams
+from kvguard.lint.facts import FileFacts, file_cache_params
 from kvguard.lint.flow import walk_with_facts
 from kvguard.lint.forms import (
     INSPECTING_CALLS,
@@ -24,7 +27,15 @@ from kvguard.lint.forms import (
 )
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
-from kvguard.lint.receivers import Context, Receiver, Split, classify, split_of, unpack_split
+from kvguard.lint.receivers import (
+    Context,
+    Receiver,
+    Split,
+    classify,
+    int_value,
+    split_of,
+    unpack_split,
+)
 from kvguard.lint.snippets import Snippets
 from kvguard.lint.values import (
     NO_FACTS,
@@ -33,6 +44,7 @@ from kvguard.lint.values import (
     construction_kind,
     element_type,
     is_latent_name,
+    key,
     mentions_latent,
     type_kind,
 )
@@ -137,7 +149,11 @@ class _FunctionScan:
             self.keywords[id(node.value)] = node.keyword.value
 
     def visit_Attribute(self, node: cst.Attribute) -> None:
-        if node.attr.value in METADATA_ATTRS:
+        attr = node.attr.value
+        if attr in METADATA_ATTRS:
+            self.inspected.add(id(node.value))
+        elif attr not in ARRAY_ATTRIBUTES:
+            # what no array has (``caches[0].cache_size``, ``cache.update(...)``): an object
             self.inspected.add(id(node.value))
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -264,10 +280,17 @@ def _constructed(
 
 
 class Collector:
-    def __init__(self, names: KvNames, index: ProjectIndex, path: str) -> None:
+    def __init__(
+        self,
+        names: KvNames,
+        index: ProjectIndex,
+        path: str,
+        cache_params: CacheParams | None = None,
+    ) -> None:
         self.names = names
         self.index = index
         self.path = path
+        self.cache_params = cache_params or {}
         self.in_state_tree, self.in_mla_file = path_context(path)
 
     def class_context(self, class_name: str | None) -> tuple[bool, bool, Kind | None]:
@@ -303,6 +326,23 @@ class Collector:
         function: str | None,
         params: list[str],
         annotations: dict[str, cst.BaseExpression] | None = None,
+    ) -> list[SplitSite]:
+        extra = self.cache_params.get((class_name, function), ()) if function else ()
+        if not extra:
+            return self._unit(body, class_name, function, params, annotations)
+        names, self.names = self.names, self.names.with_caches(extra)
+        try:
+            return self._unit(body, class_name, function, params, annotations)
+        finally:
+            self.names = names
+
+    def _unit(
+        self,
+        body: cst.CSTNode,
+        class_name: str | None,
+        function: str | None,
+        params: list[str],
+        annotations: dict[str, cst.BaseExpression] | None,
     ) -> list[SplitSite]:
         state, mla, self_kind = self.class_context(class_name)
         if mla:
@@ -357,6 +397,7 @@ class Collector:
                     (split, tuple(n for t in assign.targets for n in _target_names(t.target)))
                 )
         ctx.facts = NO_FACTS
+        wide = _wide_axes(scan) if splits else frozenset()
         splits = [
             (s, t)
             for s, t in splits
@@ -369,6 +410,7 @@ class Collector:
             and not mentions_latent(s.node)
             and not _only_inspected(t, scan, body)
             and not (t and any(name in scan.grown for name in t))
+            and not _on_a_wide_axis(s, wide)
         ]
         in_splitter = function is not None and (
             self.names.is_splitter(function) or _is_structural_splitter(scan, splits, params, ctx)
@@ -409,15 +451,17 @@ def _is_structural_splitter(
 
     It splits a cache, and each of its returns hands back that split, or a tuple with
     at least two items bound to (views of) pieces of it, possibly nested:
-    ``return (k_data, v_data), (k_scale, v_scale)``; or it returns nothing and stores
-    (views of) the pieces in two or more attributes of ``self`` (``self.key_cache,
-    self.value_cache = ...``), for other methods to use.
+    ``return (k_data, v_data), (k_scale, v_scale)``, not pieces indexed by one of its
+    parameters (``return k[ids], v[ids]`` gathers the caller's blocks); or it returns
+    nothing and stores (views of) the pieces in two or more attributes of ``self``
+    (``self.key_cache, self.value_cache = ...``), for other methods to use.
     """
     # a splitter takes the cache and little else; forward(self, layer, query, ...) is no splitter
     if not splits or len([p for p in params if p not in ("self", "cls")]) > 2:
         return False
     split_nodes = {id(s.node) for s, _ in splits}
     split_names = {name for s, targets in splits for name in targets}
+    selectors = frozenset(p for p in params if p not in ("self", "cls"))
     for _ in range(4):  # names re-bound from views of K or V (key = key.unflatten(...))
         for names, value, _node in scan.assigns:
             if any(n.value in split_names for n in _walk_names(value)):
@@ -430,6 +474,8 @@ def _is_structural_splitter(
             return int(node.value in split_names)
         if isinstance(node, (cst.Tuple, cst.List)):
             return sum(pieces(e.value) for e in node.elements)
+        if isinstance(node, cst.Subscript) and _selects_by(node, selectors):
+            return 0  # k[block_ids]: the caller's blocks gathered, not the cache's views
         # a view or a part of one piece (k.view(...), v[offset:], kv[:, 0].view(...)), or a
         # call over it
         return int(
@@ -450,6 +496,15 @@ def _is_structural_splitter(
         memoised = {attr for attr, value in scan.stores if pieces(value)}
         return len(memoised) >= 2
     return all(pieces(ret.value) >= 2 for ret in real)  # type: ignore[arg-type]
+
+
+def _selects_by(sub: cst.Subscript, params: frozenset[str]) -> bool:
+    """``k[ids]``, ``v[:, block_ids]``: an index that the function's caller chose."""
+    return any(
+        type(n) is cst.Name and n.value in params
+        for element in sub.slice
+        for n in walk(element.slice)
+    )
 
 
 def _annotated(annotations: dict[str, cst.BaseExpression], type_aliases: dict[str, Kind]) -> Facts:
@@ -479,6 +534,49 @@ def _passed(function: str | None, params: list[str], passed_pairs: frozenset[str
         if f"{function}#{position}" in passed_pairs or f"{function}#{name}" in passed_pairs
     )
     return Facts(kinds) if kinds else NO_FACTS
+
+
+# (receiver key, number of subscript elements, axis)
+_Axis = tuple[str, int, int]
+
+
+def _literal_axes(sub: cst.Subscript) -> Iterator[tuple[int, int]]:
+    """(axis, literal index) of each integer-literal element, counted from the end after
+    a ``...``, as ``receivers`` counts them."""
+    elements = [e.slice for e in sub.slice]
+    after_ellipsis = False
+    for position, element in enumerate(elements):
+        if not isinstance(element, cst.Index):
+            continue
+        if isinstance(element.value, cst.Ellipsis):
+            after_ellipsis = True
+            continue
+        literal = int_value(element.value)
+        if literal is not None:
+            yield (position - len(elements) if after_ellipsis else position), literal
+
+
+def _wide_axes(scan: _FunctionScan) -> frozenset[_Axis]:
+    """Axes that the function indexes past a pair (``table[s, b, 2]`` beside ``[s, b, 0]``):
+    an axis with a third entry holds no K/V pair."""
+    wide = set()
+    for node in scan.nodes:
+        if type(node) is cst.Subscript:
+            name = key(node.value)
+            if name is None:
+                continue
+            for axis, literal in _literal_axes(node):
+                if literal not in (0, 1, -1, -2):
+                    wide.add((name, len(node.slice), axis))
+    return frozenset(wide)
+
+
+def _on_a_wide_axis(split: Split, wide: frozenset[_Axis]) -> bool:
+    node = split.node
+    if not wide or split.form != "subscript" or not isinstance(node, cst.Subscript):
+        return False
+    name = key(node.value)
+    return name is not None and (name, len(node.slice), split.axis) in wide
 
 
 def _only_inspected(targets: tuple[str, ...], scan: _FunctionScan, body: cst.CSTNode) -> bool:
@@ -543,7 +641,7 @@ def collect(module: cst.Module, path: str, names: KvNames, index: ProjectIndex) 
     """Collect the splits of every unit of a whole module."""
     classes: dict[str, cst.ClassDef] = {}
     model = FileModel(path=path, class_def=classes.get, code=module.code_for_node)
-    collector = Collector(names, index, path)
+    collector = Collector(names, index, path, _module_cache_params(module, names))
     walker = _Walker(collector, model)
     module.visit(walker)
     classes.update(walker.classes)
@@ -551,6 +649,14 @@ def collect(module: cst.Module, path: str, names: KvNames, index: ProjectIndex) 
     if rest:
         model.sites.extend(collector.unit(module.with_changes(body=rest), None, None, []))
     return model
+
+
+def _module_cache_params(module: cst.Module, names: KvNames) -> CacheParams:
+    try:
+        tree = ast.parse(module.code)
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        return {}
+    return file_cache_params(tree, names)
 
 
 def collect_units(
@@ -562,7 +668,8 @@ def collect_units(
         class_def=lambda name: snippets.class_def(facts.class_spans.get(name)),
         code=snippets.code,
     )
-    collector = Collector(names, index, path)
+    params = {(u.class_name, u.function): u.cache_params for u in facts.units if u.cache_params}
+    collector = Collector(names, index, path, params)
     for unit in facts.units:
         if unit.function is None:
             body = snippets.parse(unit.spans, unit.nested)

@@ -24,6 +24,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from kvguard.lint.cache_params import CacheParams, cache_params
 from kvguard.lint.forms import path_context
 from kvguard.lint.layouts import (
     LayoutDecl,
@@ -367,6 +368,13 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
     occurrences = names.occurrences(text)
     spells = _receiver_spelling(text, names, occurrences)
     prescreen = Prescreen(names, ascii_source=text.isascii())
+    rest = [s for s in tree.body if not isinstance(s, (*_FUNCS, ast.ClassDef))]
+    passed = cache_params(
+        functions,
+        names,
+        lambda f: spells(((_first_line(f), f.end_lineno or f.lineno),)),
+        rest,
+    )
     path_state, path_mla = path_context(path)
     # the class libcst's rules will find for a name: the first of it in this file
     first_of: dict[str, ClassFacts] = {}
@@ -375,21 +383,23 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
     units = []
     for func, owner in functions:
         spans = ((_first_line(func), func.end_lineno or func.lineno),)
-        if not spells(spans):
+        params = passed.get((owner.name if owner is not None else None, func.name), ())
+        if not params and not spells(spans):
             continue
         context = unit_context(
             path_state, path_mla, first_of.get(owner.name) if owner is not None else None
         )
-        if prescreen.may_split(func, context):
+        screen = Prescreen(names.with_caches(params), text.isascii()) if params else prescreen
+        if screen.may_split(func, context):
             units.append(
                 Unit(
                     spans=spans,
                     class_name=owner.name if owner is not None else None,
                     function=func.name,
                     nested=_indented(lines, func),
+                    cache_params=params,
                 )
             )
-    rest = [s for s in tree.body if not isinstance(s, (*_FUNCS, ast.ClassDef))]
     if rest:
         spans = _merged([(s.lineno, s.end_lineno or s.lineno) for s in rest])
         if spells(spans) and prescreen.may_split(
@@ -407,6 +417,14 @@ def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
         imports=_imports(tree.body, path),
         values=file_value_facts(tree, names, text, (f for f, _ in functions), occurrences),
     )
+
+
+def file_cache_params(tree: ast.Module, names: KvNames) -> CacheParams:
+    """``cache_params`` of a whole module (the path that parses the module with libcst)."""
+    functions: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ast.ClassDef | None]] = []
+    _defs(tree.body, None, functions, [])
+    rest = [s for s in tree.body if not isinstance(s, (*_FUNCS, ast.ClassDef))]
+    return cache_params(functions, names, rest=rest)
 
 
 def _receiver_spelling(

@@ -4,7 +4,8 @@ Patterns are shell-style globs over whole identifiers (``*`` and ``?`` only), ma
 as CPython sees identifiers: NFKC-normalised (PEP 3131), so that ``kv_cache`` spelled
 with a fullwidth ``k`` (U+FF4B) is ``kv_cache``.
 Every KV-cache receiver that a rule can flag is, or is an alias of, an identifier
-that matches one of these patterns, which is what makes the text prefilter
+that matches one of these patterns, or a parameter that calls in the same file fill with
+one (``cache_params``), which is what makes the text prefilter
 (``KvNames.mentioned_in``) conservative: a file that spells none of them can hold
 no KVG001/KVG002/KVG004 finding.
 """
@@ -202,6 +203,10 @@ class KvNames:
     @cached_property
     def _word_re(self) -> re.Pattern[str]:
         return re.compile(r"\w+")
+
+    def with_caches(self, extra: tuple[str, ...]) -> KvNames:
+        """These names and ``extra`` identifiers as cache names (``cache_params``)."""
+        return KvNames((*self.cache, *extra), self.cache_list, self.splitters)
 
     def is_cache(self, name: str) -> bool:
         return (

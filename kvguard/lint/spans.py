@@ -32,6 +32,7 @@ class Unit:
     class_name: str | None  # the innermost class it is defined in
     function: str | None  # None: the module's statements outside functions and classes
     nested: bool  # its first line is indented: parsed inside a stand-in class
+    cache_params: tuple[str, ...] = ()  # parameters every call in the file passes a cache to
 
 
 @dataclass(frozen=True)
