@@ -23,6 +23,7 @@ is retried in a thread with room for it (``deep.py``).
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import os
 import pickle
@@ -40,6 +41,7 @@ from kvguard.config import Config
 from kvguard.deep import MAX_NESTING, TooDeep, check_nesting, run_deep
 from kvguard.files import Discovery, SourceError, SourceFile, Walking, discover, read_source
 from kvguard.findings import FileError, Finding, FixInfo, Notice
+from kvguard.interrupt import in_worker
 from kvguard.lint.facts import FileFacts, scan
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from kvguard.lint.registry import Report
 
 CACHE_VERSION = f"{__version__}-7"  # 7: the value model (FileFacts.values) and notices
+_ABORT_JOIN_S = 2.0  # how long a terminated worker may take to exit before it is killed
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 REPORT_HINT = f"this is a bug in kvguard {__version__}; please report it with this file"
 
@@ -398,8 +401,10 @@ def _from_recursion(exc: BaseException) -> bool:
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(state: bytes) -> None:
-    _WORKER.update(pickle.loads(state))
+def _init_worker(state: bytes | None) -> None:
+    in_worker()
+    if state is not None:  # spawned: forked workers inherit the state
+        _WORKER.update(pickle.loads(state))
 
 
 def scan_file(
@@ -496,7 +501,8 @@ class _Workers:
     imported, so that the workers start at once while this process imports it; the lint's
     after the index is built, so that the workers inherit libcst and the index. A worker
     that dies (a crash in native code) costs only the file it was on: the files it had
-    not finished are run again, one process each.
+    not finished are run again, one process each. A run stopped by a signal (or by any
+    exception) terminates and joins its workers (``abort``) instead of waiting for them.
     """
 
     def __init__(self, jobs: int, state: dict[str, object]) -> None:
@@ -517,8 +523,8 @@ class _Workers:
         return ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("fork" if self.forks else "spawn"),
-            initializer=None if self.forks else _init_worker,
-            initargs=() if self.forks else (pickle.dumps(self.state),),
+            initializer=_init_worker,
+            initargs=(None if self.forks else pickle.dumps(self.state),),
         )
 
     def map(self, task: _ScanTask | _LintTask, items: list, chunksize: int = 0) -> Iterator:
@@ -541,20 +547,52 @@ class _Workers:
                 yield self._isolated(task, item)
 
     def _isolated(self, task: _ScanTask | _LintTask, item: object) -> object:
-        pool = self._new_pool(1)
+        self.pool = self._new_pool(1)
         try:
-            return pool.submit(task, item).result()
+            return self.pool.submit(task, item).result()
         except BrokenProcessPool:
             display = item[0]  # type: ignore[index]
             message = f"internal error (the analysis process died); {REPORT_HINT}"
             return task.failed(item, FileError(display, message))  # type: ignore[arg-type]
         finally:
-            pool.shutdown()
+            self.close()
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
+
+    def abort(self) -> None:
+        """Stop now: drop the queued work, terminate the workers and reap them."""
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        # the executor has no public way to stop running workers before Python 3.14
+        # (terminate_workers); its process table is the same there
+        processes = list(getattr(pool, "_processes", {}).values())
+        # work whose result iterator was closed on the way here is cancelled; Python 3.11's
+        # executor thread would raise InvalidStateError failing it once the workers are gone
+        pending = getattr(pool, "_pending_work_items", {})
+        for work_id, item in list(pending.items()):
+            if item.future.done():
+                pending.pop(work_id, None)
+        for process in processes:
+            with contextlib.suppress(OSError, ValueError):
+                process.terminate()
+        for process in processes:
+            with contextlib.suppress(OSError, ValueError, AssertionError):
+                process.join(_ABORT_JOIN_S)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        # the workers are gone: the executor's thread fails the pending work and ends;
+        # joining it keeps interpreter exit from waking a thread that is closing its pipe
+        # (3.11). A worker killed while it wrote a result leaves that thread blocked on the
+        # rest of the message: hence the timeout (the CLI then exits without waiting on it)
+        thread = getattr(pool, "_executor_manager_thread", None)
+        pool.shutdown(wait=False)
+        if thread is not None:
+            thread.join(_ABORT_JOIN_S)
 
 
 def _import_lint_stage() -> None:
@@ -633,6 +671,9 @@ def check(
         _scan(run, todo, store, workers, progress)
         index, key = _index(run)
         _lint(run, index, key, workers)
+    except BaseException:  # a signal (interrupt.Interrupted), Ctrl-C, a bug: no waiting
+        workers.abort()
+        raise
     finally:
         workers.close()
     result = _collect(run, index)
