@@ -30,8 +30,6 @@ import pickle
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
@@ -47,10 +45,13 @@ from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
 from kvguard.lint.spans import source_lines
 from kvguard.lint.value_facts import merge
+from kvguard.prefork import LintHelper, likely_to_lint, spare_core
 from kvguard.project import Project, find_project, first_path
 from kvguard.suppression import Pragma, ignores_file, pragmas, suppression_notices
 
 if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
     from libcst import CSTNode, Module
     from libcst.metadata import CodeRange
 
@@ -423,8 +424,13 @@ def scan_file(
             except OSError as exc:
                 raise SourceError(f"cannot read: {exc.strerror or exc}") from None
             data, source = read_source(real)
-        facts = scan_source(source, display, names, deep)
         digest = content_hash(data) if hashed and text is None else ""
+        try:
+            facts = scan_source(source, display, names, deep)
+        except SourceError as exc:
+            # bad input (a syntax error): as much a fact of this content as its facts are,
+            # so it is kept under its stamp and hash, and the next run does not read it again
+            return Scanned(real, stamp, seen, digest, None, exc.error(display))
         if facts.candidate:
             return Scanned(real, stamp, seen, digest, facts, None, source)
         # stage 5 will not see this file (unless a divergence puts it there): judge its
@@ -510,14 +516,29 @@ class _Workers:
         self.state = state
         self.forks = os.name == "posix"
         self.pool: ProcessPoolExecutor | None = None
+        self.helper: LintHelper | None = None
         _WORKER.clear()
         _WORKER.update(state)
 
     def parallel(self, count: int) -> bool:
         return self.jobs > 1 and count >= _PARALLEL_MIN
 
+    def helped(self, todo: list, index: ProjectIndex, key: str) -> list[Linted] | None:
+        """The lint of ``todo`` by the forked helper (see ``prefork``), if there is one and
+        the pool does not take these; None: lint them the usual way."""
+        helper, self.helper = self.helper, None
+        if helper is None:
+            return None
+        if self.parallel(len(todo)):
+            helper.close()
+            return None
+        shipped = pickle.dumps(index, pickle.HIGHEST_PROTOCOL)
+        return helper.run([(*item, key, shipped) for item in todo])  # type: ignore[return-value]
+
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
+        # imported here: multiprocessing and the executor cost a one-file run ~20 ms
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
         # forked workers inherit the state; spawned ones get it pickled
         return ProcessPoolExecutor(
@@ -536,6 +557,8 @@ class _Workers:
         return self._resilient(task, items, self.pool.map(task, items, chunksize=chunk))
 
     def _resilient(self, task: _ScanTask | _LintTask, items: list, results: Iterator) -> Iterator:
+        from concurrent.futures.process import BrokenProcessPool
+
         done = 0
         try:
             for result in results:
@@ -547,6 +570,8 @@ class _Workers:
                 yield self._isolated(task, item)
 
     def _isolated(self, task: _ScanTask | _LintTask, item: object) -> object:
+        from concurrent.futures.process import BrokenProcessPool
+
         self.pool = self._new_pool(1)
         try:
             return self.pool.submit(task, item).result()
@@ -558,12 +583,18 @@ class _Workers:
             self.close()
 
     def close(self) -> None:
+        if self.helper is not None:
+            self.helper.close()
+            self.helper = None
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
 
     def abort(self) -> None:
         """Stop now: drop the queued work, terminate the workers and reap them."""
+        if self.helper is not None:
+            self.helper.close()
+            self.helper = None
         pool, self.pool = self.pool, None
         if pool is None:
             return
@@ -660,14 +691,23 @@ def check(
     if project is None:
         project = find_project(first_path(paths, stdin.name if stdin else None), config.source)
     walking = Walking(config, config.respect_gitignore, config.force_exclude, project.root)
-    found = discover(paths, walking, stdin.name if stdin else None)
-    run = _Run(config, rules, found, stdin)
     key_paths = [project.root] if project.root else paths
     cache_path = cache_file(CACHE_VERSION, config.digest(), key_paths) if use_cache else None
-    store = Store(cache_path, CACHE_VERSION)
-    todo = _reuse(run, store)
     workers = _Workers(jobs, {"config": config, "rules": rules, "hash": use_cache})
     try:
+        if (
+            workers.forks
+            and jobs > 1
+            and stdin is None
+            and len(paths) < _PARALLEL_MIN
+            and likely_to_lint(paths, cache_path)
+            and spare_core()
+        ):
+            workers.helper = LintHelper(_import_lint_stage, _LintTask())
+        found = discover(paths, walking, stdin.name if stdin else None)
+        run = _Run(config, rules, found, stdin)
+        store = Store(cache_path, CACHE_VERSION)
+        todo = _reuse(run, store)
         _scan(run, todo, store, workers, progress)
         index, key = _index(run)
         _lint(run, index, key, workers)
@@ -797,13 +837,16 @@ def _lint(run: _Run, index: ProjectIndex, key: str, workers: _Workers) -> None:
         elif entry.findings is None or entry.index_key != key:
             todo.append((source.display, source.real, run.texts.get(source.real), entry.facts))
     _WORKER.update(index=index, index_key=key)
-    # spawned workers need the index pickled (once per worker); forked ones inherit it
-    spawns = workers.parallel(len(todo)) and not workers.forks
-    shipped = pickle.dumps(index) if spawns else None
     # the largest first, so that the workers finish together
     todo.sort(key=lambda item: -_unit_lines(item[3]))
-    tasks = [(*item, key, shipped) for item in todo]
-    for linted in workers.map(_LintTask(), tasks, chunksize=1):
+    results = workers.helped(todo, index, key) if todo else None
+    if results is None:
+        # spawned workers need the index pickled (once per worker); forked ones inherit it
+        spawns = workers.parallel(len(todo)) and not workers.forks
+        shipped = pickle.dumps(index) if spawns else None
+        tasks = [(*item, key, shipped) for item in todo]
+        results = workers.map(_LintTask(), tasks, chunksize=1)
+    for linted in results:
         entry = run.entries[linted.real]
         entry.findings, entry.notices, entry.index_key = linted.findings, linted.notices, key
         if linted.error is not None:
