@@ -34,6 +34,7 @@ from pathlib import Path
 
 from kvguard.disk import TempFile, read_regular, sweep
 from kvguard.findings import FileError, Finding, Notice
+from kvguard.interrupt import deferred
 from kvguard.lint.facts import FileFacts
 from kvguard.typed_json import decoder, encoder
 
@@ -231,8 +232,9 @@ class Store:
             sweep(directory)
             with TempFile(directory, "cache") as temp:
                 temp.write(b"\n".join(records) + b"\n")
-                os.replace(temp.named(), self.path)
-                temp.renamed()
+                with deferred():  # named, then renamed: a signal waits until both are done
+                    os.replace(temp.named(), self.path)
+                    temp.renamed()
 
 
 def _format(real: str, entry: Entry) -> bytes:

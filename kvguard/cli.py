@@ -7,12 +7,14 @@ Nothing heavy is imported before it is needed: pre-commit runs this on every com
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from kvguard import __version__
+from kvguard.interrupt import Interrupted, deferred, exit_if_stuck, handled
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
@@ -129,18 +131,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "check":
-            return _check(args)
-        if args.command == "rule":
-            return _rule(args.code)
-        if args.command == "rules":
-            return _rules(args.format)
-        if args.command == "report":
-            return _report(args)
-    except KeyboardInterrupt:
+        with handled():
+            return _command(parser, args)
+    except Interrupted as stop:  # SIGINT or SIGTERM: workers are gone, nothing half-written
+        with contextlib.suppress(OSError):
+            print(f"kvguard: stopped by {stop}", file=sys.stderr)
+        exit_if_stuck(stop.exit_code)
+        return stop.exit_code
+    except KeyboardInterrupt:  # not in the main thread: no handler was installed
         return 130
     except BrokenPipeError:  # `kvguard check | head`: the reader left
         return EXIT_ERROR
+
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "check":
+        return _check(args)
+    if args.command == "rule":
+        return _rule(args.code)
+    if args.command == "rules":
+        return _rules(args.format)
+    if args.command == "report":
+        return _report(args)
     parser.print_help()
     return EXIT_ERROR
 
@@ -427,7 +439,8 @@ def _fix_stdin(args, result, config, rules, catalog, color, stdin) -> int:  # ty
 def _emit(text: str, args: argparse.Namespace, color: bool) -> None:
     output: Path | None = args.output_file
     if output is not None:  # a report asked for, even with --silent
-        output.write_text(text + "\n" if text else "", encoding="utf-8")
+        with deferred():  # a signal does not cut the report in half
+            output.write_text(text + "\n" if text else "", encoding="utf-8")
     elif args.silent:
         return
     elif color:

@@ -23,14 +23,13 @@ is retried in a thread with room for it (``deep.py``).
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import os
 import pickle
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
@@ -40,15 +39,19 @@ from kvguard.config import Config
 from kvguard.deep import MAX_NESTING, TooDeep, check_nesting, run_deep
 from kvguard.files import Discovery, SourceError, SourceFile, Walking, discover, read_source
 from kvguard.findings import FileError, Finding, FixInfo, Notice
+from kvguard.interrupt import in_worker
 from kvguard.lint.facts import FileFacts, scan
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
 from kvguard.lint.spans import source_lines
 from kvguard.lint.value_facts import merge
+from kvguard.prefork import LintHelper, likely_to_lint, spare_core
 from kvguard.project import Project, find_project, first_path
 from kvguard.suppression import Pragma, ignores_file, pragmas, suppression_notices
 
 if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
     from libcst import CSTNode, Module
     from libcst.metadata import CodeRange
 
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
     from kvguard.lint.registry import Report
 
 CACHE_VERSION = f"{__version__}-8"  # 8: parameters that calls fill with a cache (Unit.cache_params)
+_ABORT_JOIN_S = 2.0  # how long a terminated worker may take to exit before it is killed
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 REPORT_HINT = f"this is a bug in kvguard {__version__}; please report it with this file"
 
@@ -398,8 +402,10 @@ def _from_recursion(exc: BaseException) -> bool:
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(state: bytes) -> None:
-    _WORKER.update(pickle.loads(state))
+def _init_worker(state: bytes | None) -> None:
+    in_worker()
+    if state is not None:  # spawned: forked workers inherit the state
+        _WORKER.update(pickle.loads(state))
 
 
 def scan_file(
@@ -418,8 +424,13 @@ def scan_file(
             except OSError as exc:
                 raise SourceError(f"cannot read: {exc.strerror or exc}") from None
             data, source = read_source(real)
-        facts = scan_source(source, display, names, deep)
         digest = content_hash(data) if hashed and text is None else ""
+        try:
+            facts = scan_source(source, display, names, deep)
+        except SourceError as exc:
+            # bad input (a syntax error): as much a fact of this content as its facts are,
+            # so it is kept under its stamp and hash, and the next run does not read it again
+            return Scanned(real, stamp, seen, digest, None, exc.error(display))
         if facts.candidate:
             return Scanned(real, stamp, seen, digest, facts, None, source)
         # stage 5 will not see this file (unless a divergence puts it there): judge its
@@ -496,7 +507,8 @@ class _Workers:
     imported, so that the workers start at once while this process imports it; the lint's
     after the index is built, so that the workers inherit libcst and the index. A worker
     that dies (a crash in native code) costs only the file it was on: the files it had
-    not finished are run again, one process each.
+    not finished are run again, one process each. A run stopped by a signal (or by any
+    exception) terminates and joins its workers (``abort``) instead of waiting for them.
     """
 
     def __init__(self, jobs: int, state: dict[str, object]) -> None:
@@ -504,21 +516,36 @@ class _Workers:
         self.state = state
         self.forks = os.name == "posix"
         self.pool: ProcessPoolExecutor | None = None
+        self.helper: LintHelper | None = None
         _WORKER.clear()
         _WORKER.update(state)
 
     def parallel(self, count: int) -> bool:
         return self.jobs > 1 and count >= _PARALLEL_MIN
 
+    def helped(self, todo: list, index: ProjectIndex, key: str) -> list[Linted] | None:
+        """The lint of ``todo`` by the forked helper (see ``prefork``), if there is one and
+        the pool does not take these; None: lint them the usual way."""
+        helper, self.helper = self.helper, None
+        if helper is None:
+            return None
+        if self.parallel(len(todo)):
+            helper.close()
+            return None
+        shipped = pickle.dumps(index, pickle.HIGHEST_PROTOCOL)
+        return helper.run([(*item, key, shipped) for item in todo])  # type: ignore[return-value]
+
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
+        # imported here: multiprocessing and the executor cost a one-file run ~20 ms
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
         # forked workers inherit the state; spawned ones get it pickled
         return ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("fork" if self.forks else "spawn"),
-            initializer=None if self.forks else _init_worker,
-            initargs=() if self.forks else (pickle.dumps(self.state),),
+            initializer=_init_worker,
+            initargs=(None if self.forks else pickle.dumps(self.state),),
         )
 
     def map(self, task: _ScanTask | _LintTask, items: list, chunksize: int = 0) -> Iterator:
@@ -530,6 +557,8 @@ class _Workers:
         return self._resilient(task, items, self.pool.map(task, items, chunksize=chunk))
 
     def _resilient(self, task: _ScanTask | _LintTask, items: list, results: Iterator) -> Iterator:
+        from concurrent.futures.process import BrokenProcessPool
+
         done = 0
         try:
             for result in results:
@@ -541,20 +570,60 @@ class _Workers:
                 yield self._isolated(task, item)
 
     def _isolated(self, task: _ScanTask | _LintTask, item: object) -> object:
-        pool = self._new_pool(1)
+        from concurrent.futures.process import BrokenProcessPool
+
+        self.pool = self._new_pool(1)
         try:
-            return pool.submit(task, item).result()
+            return self.pool.submit(task, item).result()
         except BrokenProcessPool:
             display = item[0]  # type: ignore[index]
             message = f"internal error (the analysis process died); {REPORT_HINT}"
             return task.failed(item, FileError(display, message))  # type: ignore[arg-type]
         finally:
-            pool.shutdown()
+            self.close()
 
     def close(self) -> None:
+        if self.helper is not None:
+            self.helper.close()
+            self.helper = None
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
+
+    def abort(self) -> None:
+        """Stop now: drop the queued work, terminate the workers and reap them."""
+        if self.helper is not None:
+            self.helper.close()
+            self.helper = None
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        # the executor has no public way to stop running workers before Python 3.14
+        # (terminate_workers); its process table is the same there
+        processes = list(getattr(pool, "_processes", {}).values())
+        # work whose result iterator was closed on the way here is cancelled; Python 3.11's
+        # executor thread would raise InvalidStateError failing it once the workers are gone
+        pending = getattr(pool, "_pending_work_items", {})
+        for work_id, item in list(pending.items()):
+            if item.future.done():
+                pending.pop(work_id, None)
+        for process in processes:
+            with contextlib.suppress(OSError, ValueError):
+                process.terminate()
+        for process in processes:
+            with contextlib.suppress(OSError, ValueError, AssertionError):
+                process.join(_ABORT_JOIN_S)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        # the workers are gone: the executor's thread fails the pending work and ends;
+        # joining it keeps interpreter exit from waking a thread that is closing its pipe
+        # (3.11). A worker killed while it wrote a result leaves that thread blocked on the
+        # rest of the message: hence the timeout (the CLI then exits without waiting on it)
+        thread = getattr(pool, "_executor_manager_thread", None)
+        pool.shutdown(wait=False)
+        if thread is not None:
+            thread.join(_ABORT_JOIN_S)
 
 
 def _import_lint_stage() -> None:
@@ -622,17 +691,29 @@ def check(
     if project is None:
         project = find_project(first_path(paths, stdin.name if stdin else None), config.source)
     walking = Walking(config, config.respect_gitignore, config.force_exclude, project.root)
-    found = discover(paths, walking, stdin.name if stdin else None)
-    run = _Run(config, rules, found, stdin)
     key_paths = [project.root] if project.root else paths
     cache_path = cache_file(CACHE_VERSION, config.digest(), key_paths) if use_cache else None
-    store = Store(cache_path, CACHE_VERSION)
-    todo = _reuse(run, store)
     workers = _Workers(jobs, {"config": config, "rules": rules, "hash": use_cache})
     try:
+        if (
+            workers.forks
+            and jobs > 1
+            and stdin is None
+            and len(paths) < _PARALLEL_MIN
+            and likely_to_lint(paths, cache_path)
+            and spare_core()
+        ):
+            workers.helper = LintHelper(_import_lint_stage, _LintTask())
+        found = discover(paths, walking, stdin.name if stdin else None)
+        run = _Run(config, rules, found, stdin)
+        store = Store(cache_path, CACHE_VERSION)
+        todo = _reuse(run, store)
         _scan(run, todo, store, workers, progress)
         index, key = _index(run)
         _lint(run, index, key, workers)
+    except BaseException:  # a signal (interrupt.Interrupted), Ctrl-C, a bug: no waiting
+        workers.abort()
+        raise
     finally:
         workers.close()
     result = _collect(run, index)
@@ -756,13 +837,16 @@ def _lint(run: _Run, index: ProjectIndex, key: str, workers: _Workers) -> None:
         elif entry.findings is None or entry.index_key != key:
             todo.append((source.display, source.real, run.texts.get(source.real), entry.facts))
     _WORKER.update(index=index, index_key=key)
-    # spawned workers need the index pickled (once per worker); forked ones inherit it
-    spawns = workers.parallel(len(todo)) and not workers.forks
-    shipped = pickle.dumps(index) if spawns else None
     # the largest first, so that the workers finish together
     todo.sort(key=lambda item: -_unit_lines(item[3]))
-    tasks = [(*item, key, shipped) for item in todo]
-    for linted in workers.map(_LintTask(), tasks, chunksize=1):
+    results = workers.helped(todo, index, key) if todo else None
+    if results is None:
+        # spawned workers need the index pickled (once per worker); forked ones inherit it
+        spawns = workers.parallel(len(todo)) and not workers.forks
+        shipped = pickle.dumps(index) if spawns else None
+        tasks = [(*item, key, shipped) for item in todo]
+        results = workers.map(_LintTask(), tasks, chunksize=1)
+    for linted in results:
         entry = run.entries[linted.real]
         entry.findings, entry.notices, entry.index_key = linted.findings, linted.notices, key
         if linted.error is not None:

@@ -20,6 +20,7 @@ from kvguard.lint.fixability import (
     ClassPlan,
     RuntimeRoute,
     SiteOp,
+    accepts_sequence_too,
 )
 
 DOC_WIDTH = 88  # black's and vLLM's line length: the generated method fits both
@@ -138,16 +139,24 @@ class _PairFinder(cst.CSTVisitor):
 def splitter_source(plan: ClassPlan, body_indent: str, indent: str, annotate: bool) -> str:
     """The generated ``_split_kv_cache`` method, as module-level source to parse."""
     inner = body_indent + indent
-    parameter = "kv_cache: torch.Tensor" if annotate else "kv_cache"
+    # a splitter that also takes the (key, value) tuple/list its sites took gets no
+    # tensor annotation
+    tensor_only = not accepts_sequence_too(plan)
+    parameter = "kv_cache: torch.Tensor" if annotate and tensor_only else "kv_cache"
     assumes = plan.assumes[0].upper() + plan.assumes[1:] + "."
+    if plan.unpacks:
+        assumes += " Unpacks it as the code it replaces did, so a (key, value) pair passes too."
     wrapped = textwrap.wrap(assumes, width=DOC_WIDTH, initial_indent=inner, subsequent_indent=inner)
-    returned = ", ".join(plan.template)
+    if plan.unpacks:
+        body = f"{indent}key, value = kv_cache\n{indent}return key, value\n"
+    else:
+        body = f"{indent}return {', '.join(plan.template)}\n"
     return (
         f"def {SPLITTER_METHOD}(self, {parameter}):\n"
         f'{indent}"""Split one layer\'s KV cache into its (key, value) views.\n\n'
         + "\n".join(wrapped)
         + f'\n{inner}"""\n'
-        f"{indent}return {returned}\n"
+        + body
     )
 
 

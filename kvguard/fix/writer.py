@@ -33,6 +33,7 @@ import stat
 
 from kvguard.disk import TempFile, read_regular, sweep
 from kvguard.fix.source import FixError, SourceText
+from kvguard.interrupt import deferred
 
 CHANGED = "changed during --fix, left as it is now; run --fix again"
 _RENAME_EXCHANGE = 2
@@ -160,7 +161,8 @@ def write_fixed(path: str, source: SourceText, new_data: bytes) -> None:
             raise FixError(f"cannot copy its mode and owner: {exc.strerror or exc}") from None
         checkpoint("compared")
         try:
-            _commit(temp, real, source)
+            with deferred():  # a signal waits until the file is swapped (or put back)
+                _commit(temp, real, source)
         except OSError as exc:
             raise FixError(f"cannot write: {exc.strerror or exc}") from None
     _sync_directory(directory)

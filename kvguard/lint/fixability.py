@@ -91,6 +91,9 @@ class SiteOp:
     kind: str  # "pair": returns (K, V); "piece": returns one of them
     piece: int | None  # for a piece: 0 if it looks like K, 1 if like V
     free: tuple[str, ...]  # names besides the cache that the split reads
+    # the split also works on a Python tuple/list of K and V (unpacking, indexing by one
+    # int): a rewrite may only route it through a splitter that does too
+    sequence: bool = False
 
     @property
     def node(self) -> cst.CSTNode:
@@ -115,6 +118,43 @@ def _receiver_of(node: cst.CSTNode, form: str) -> tuple[cst.BaseExpression, str]
             return (node.args[0].value, kind) if node.args else None
         return owner, kind
     return None
+
+
+def _int_literal(node: cst.BaseExpression) -> bool:
+    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, (cst.Minus, cst.Plus)):
+        node = node.expression
+    return isinstance(node, cst.Integer)
+
+
+def _accepts_sequence(node: cst.CSTNode, form: str) -> bool:
+    """Whether the split also runs on a tuple/list: ``k, v = x`` and ``x[0]`` do,
+    ``x.unbind(0)``, ``x[:, 0]`` and ``x[..., :d]`` need a tensor."""
+    if form == "unpack":
+        return True
+    if not isinstance(node, cst.Subscript) or len(node.slice) != 1:
+        return False
+    element = node.slice[0].slice
+    return isinstance(element, cst.Index) and _int_literal(element.value)
+
+
+def _indexes_only(template: tuple[str, ...]) -> bool:
+    """A template ``(kv_cache[0], kv_cache[1])``: it runs on a tuple/list as on a tensor."""
+    if len(template) != 2:
+        return False
+    for text in template:
+        tree = ast.parse(text, mode="eval").body
+        if not (
+            isinstance(tree, ast.Subscript)
+            and isinstance(tree.value, ast.Name)
+            and tree.value.id == PLACEHOLDER
+        ):
+            return False
+        index = tree.slice
+        if isinstance(index, ast.UnaryOp) and isinstance(index.op, (ast.USub, ast.UAdd)):
+            index = index.operand
+        if not (isinstance(index, ast.Constant) and type(index.value) is int):
+            return False
+    return True
 
 
 def _piece_guess(op: ast.expr) -> int | None:
@@ -164,6 +204,7 @@ def site_op(site: SplitSite) -> SiteOp | None:
         kind=kind,
         piece=_piece_guess(tree) if kind == "piece" else None,
         free=tuple(dict.fromkeys(free)),
+        sequence=_accepts_sequence(site.split.node, site.split.form),
     )
 
 
@@ -173,6 +214,9 @@ class ClassPlan:
     reason: str = ""  # why the fix is withheld; empty when it is offered
     template: tuple[str, ...] = ()  # one pair expression, or the K and V expressions
     generate: bool = False  # write a new _split_kv_cache (else one exists)
+    # the generated splitter unpacks its argument (``key, value = kv_cache``) instead of
+    # returning ``template``, whose text then only serves the view arithmetic
+    unpacks: bool = False
     assumes: str = ""  # the layout the generated docstring names
     routes: dict[int, int | None] = field(default_factory=dict)  # id(node) -> None or piece
     ops: list[SiteOp] = field(default_factory=list)
@@ -218,7 +262,9 @@ class FilePlan:
                 UNSAFE,
                 f"use `{call}`{'' if route.piece is None else f'[{route.piece}]'}: the same "
                 f"views for a {route.layout} {shape} cache; unsafe because it raises "
-                "ValueError on a cache of another shape and needs kvguard[runtime]",
+                "ValueError on a cache of another shape"
+                + (", TypeError on a (key, value) tuple or list" if route.op.sequence else "")
+                + " and needs kvguard[runtime]",
             )
         return fixes, notes
 
@@ -244,7 +290,14 @@ def _shapes_for(plan_layout: list[Shape] | None, op: SiteOp, fallback: list[Shap
 
 
 def _where(op: SiteOp) -> str:
+    if op.site.split.form == "unpack":
+        return f"the unpacking of `{op.receiver_code()}` in {op.site.function}"
     return f"`{op.op}` in {op.site.function}"
+
+
+def accepts_sequence_too(plan: ClassPlan) -> bool:
+    """Whether the splitter also runs on a tuple/list (and returns its two elements)."""
+    return plan.unpacks or _indexes_only(plan.template)
 
 
 def _template_pieces(template: tuple[str, ...]) -> tuple[str, str]:
@@ -343,6 +396,7 @@ def _plan_class(name: str, ops: list[SiteOp], index: ProjectIndex, path: str) ->
             plan.reason = "only one of K and V is split here; write the splitter by hand"
             return plan
         plan.template, first = template
+        plan.unpacks = first.site.split.form == "unpack"
         what = _where(first)
         axis = first.site.split.describe_axis()
         receiver = first.site.split.receiver
@@ -352,6 +406,14 @@ def _plan_class(name: str, ops: list[SiteOp], index: ProjectIndex, path: str) ->
             plan.assumes = f"assumes {described}" if described else f"assumes {axis} of the cache"
     fallback = assumed_shapes(ops[0].site.split.axis)
     for op in ops:
+        if op.sequence and not accepts_sequence_too(plan):
+            # nothing proves the receiver a tensor: a tuple/list that the site accepts
+            # today would meet a tensor method in the splitter (AttributeError)
+            plan.reason = (
+                f"{_where(op)} also runs on a (key, value) tuple or list, which {what} "
+                "does not: route it by hand"
+            )
+            return plan
         route, reason = _match(op, plan.template, _shapes_for(declared, op, fallback), what)
         if reason:
             plan.reason = reason
@@ -361,21 +423,47 @@ def _plan_class(name: str, ops: list[SiteOp], index: ProjectIndex, path: str) ->
     return plan
 
 
-def _template_from_sites(ops: list[SiteOp]) -> tuple[tuple[str, ...], SiteOp] | None:
-    for op in ops:
-        if op.kind == "pair":
-            return (op.op,), op
+def _piece_pair(
+    ops: list[SiteOp], wanted: Callable[[SiteOp], bool]
+) -> tuple[SiteOp, SiteOp] | None:
+    """A K piece and a V piece of one receiver in one method."""
     for k in ops:
-        if k.piece != 0:
+        if k.piece != 0 or not wanted(k):
             continue
         for v in ops:
             if (
                 v.piece == 1
+                and wanted(v)
                 and v.site.function == k.site.function
                 and v.receiver_code() == k.receiver_code()
             ):
-                return (k.op, v.op), k
+                return k, v
     return None
+
+
+def _template_from_sites(ops: list[SiteOp]) -> tuple[tuple[str, ...], SiteOp] | None:
+    """The split the generated splitter makes, and the site it comes from.
+
+    Where a site also runs on a tuple/list (``k, v = x``, ``x[0]``), the splitter must
+    too: an unpacking if a site unpacks (on a tensor that is ``unbind(0)``), else K and V
+    by index, ``(x[0], x[1])`` (the sites' own index pieces, or, where another site splits
+    out both, written here). Otherwise the first pair split, else a K piece and a V piece
+    of one receiver in one method.
+    """
+    unpacking = next((op for op in ops if op.site.split.form == "unpack"), None)
+    if unpacking is not None:
+        return (unpacking.op,), unpacking
+    found = _piece_pair(ops, lambda op: op.sequence)
+    if found is not None:
+        return (found[0].op, found[1].op), found[0]
+    pair = next((op for op in ops if op.kind == "pair"), None)
+    sequence = next((op for op in ops if op.sequence), None)
+    if pair is not None and sequence is not None:
+        return (f"{PLACEHOLDER}[0]", f"{PLACEHOLDER}[1]"), sequence
+    if pair is not None:
+        return (pair.op,), pair
+    found = _piece_pair(ops, lambda op: True)
+    return None if found is None else ((found[0].op, found[1].op), found[0])
 
 
 def _subclass_hazard(

@@ -19,10 +19,18 @@ from pathlib import Path
 
 import pytest
 
+import kvguard.cache as cache_module
 from kvguard import disk
 from kvguard.cache import RACY_NS, Store
 from kvguard.engine import CACHE_VERSION
-from tests.cache.faults import MARKER, Bench, named_corruptions, random_corruptions, run_catalogue
+from tests.cache.faults import (
+    MARKER,
+    Bench,
+    named_corruptions,
+    outcome,
+    random_corruptions,
+    run_catalogue,
+)
 from tests.lint.kvg_helpers import BAD_SOURCE, SCATTERED_SOURCE, write
 from tests.vllm_sources import vllm_tree
 
@@ -422,3 +430,38 @@ def test_concurrent_runs_never_tear_the_cache(kvguard_env, small_tree, cache_dir
     assert len(outputs) == 1
     assert Store(_only_cache_file(cache_dir), CACHE_VERSION).dropped == 0
     assert _no_temp_files(cache_dir) == []
+
+
+def test_a_file_with_a_syntax_error_is_not_read_again_nor_the_cache_rewritten(
+    small_tree: Path,
+    tmp_path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """Bad input is a fact of the content, kept under its stamp like facts are: an
+    unchanged tree with a broken file neither rescans it nor rewrites the cache."""
+    import kvguard.engine as engine_module
+
+    bench = Bench(small_tree, tmp_path / "cache", (".",))
+    first = outcome(bench.run())
+    _settle(small_tree)
+    bench.run()  # the racy records are verified and settled
+    reads: list[str] = []
+    read = engine_module.read_source
+
+    def counting(real):  # type: ignore[no-untyped-def]
+        reads.append(real)
+        return read(real)
+
+    monkeypatch.setattr(engine_module, "read_source", counting)
+    saved: list[bool] = []
+
+    def no_write(*args):  # type: ignore[no-untyped-def]
+        saved.append(True)
+        raise OSError("the test forbids writing the cache")
+
+    monkeypatch.setattr(cache_module, "TempFile", no_write)
+    assert outcome(bench.run()) == first  # the syntax error still reported, from the cache
+    assert reads == [] and saved == []
+    (small_tree / "broken.py").write_text("kv_cache = ((\n")  # a new content: read again
+    assert any(e.line for e in bench.run().errors)
+    assert [Path(r).name for r in reads] == ["broken.py"]

@@ -29,8 +29,10 @@ class BaseImpl:
 
 class ChildImpl(BaseImpl):
     def views_forward(self, layer, query, kv_cache, metadata):
-        key_cache = kv_cache[0]
-        value_cache = kv_cache[1]
+        # select, not kv_cache[0]: indexing also runs on a (K, V) tuple, which the
+        # base's tensor-only splitter does not, so that fix would be withheld
+        key_cache = kv_cache.select(0, 0)
+        value_cache = kv_cache.select(0, 1)
         return key_cache, value_cache
 
     def views_update(self, layer, query, kv_cache, metadata):
