@@ -131,10 +131,11 @@ class Guard:
         on_violation: Callable[[Violation], None] | None = None,
         brief_errors: bool = False,
     ) -> None:
-        mode = (mode if mode is not None else os.environ.get("KVGUARD_MODE", "off")).lower()
-        if mode not in MODES:
-            raise ValueError(f"Guard mode must be one of {', '.join(MODES)}; got {mode!r}")
-        self.mode = mode
+        given = mode if mode is not None else os.environ.get("KVGUARD_MODE", "off")
+        if not isinstance(given, str) or given.strip().lower() not in MODES:
+            source = "Guard mode" if mode is not None else "KVGUARD_MODE"
+            raise ValueError(f"{source} must be one of {', '.join(MODES)}; got {given!r}")
+        self.mode = given.strip().lower()
         self._on_violation = on_violation
         self._brief = brief_errors
         self._lock = threading.RLock()
