@@ -113,6 +113,41 @@ def _with_kv_cache(args: tuple, kwargs: dict, kv_pos: int, kv: torch.Tensor) -> 
     return args, {**kwargs, "kv_cache": kv}
 
 
+def _check_within(
+    nbytes: int,
+    offset: int,
+    layers: int,
+    layer_stride: int,
+    planes: tuple[int, ...],
+    page_bytes: int,
+    block_stride: int,
+    num_blocks: int | None,
+) -> None:
+    """ValueError, with the numbers, when a declared page map reaches past the allocation."""
+    page_end = planes[-1] + page_bytes  # one block's page, from its start
+    last_layer = offset + (layers - 1) * layer_stride
+    if last_layer + page_end > nbytes:
+        what = (
+            f"{layers} layers x layer_stride {layer_stride} B from offset {offset}"
+            if layers > 1
+            else f"offset {offset}"
+        )
+        raise ValueError(
+            f"declare_allocation: {what} and a {page_end}-byte page reach byte "
+            f"{last_layer + page_end}, past the {nbytes}-byte allocation; declare the map of "
+            "the buffer it describes (check offset, layer_stride and the layers list)"
+        )
+    if num_blocks is not None and last_layer + (num_blocks - 1) * block_stride + page_end > nbytes:
+        fit = (nbytes - last_layer - page_end) // block_stride + 1
+        where = f" of the last layer (byte {last_layer})" if layers > 1 else ""
+        raise ValueError(
+            f"declare_allocation: {num_blocks} blocks x {block_stride} B (block_stride) "
+            f"exceed the {nbytes}-byte allocation: the pages{where} reach byte "
+            f"{last_layer + (num_blocks - 1) * block_stride + page_end}; {fit} blocks fit, "
+            "so pass num_blocks <= that or the buffer the blocks live in"
+        )
+
+
 class Guard:
     """Checks that layers sharing a KV allocation agree on which bytes each block owns.
 
@@ -252,11 +287,18 @@ class Guard:
             or list(planes) != sorted(set(planes))
         ):
             raise ValueError(f"planes must be increasing byte offsets starting at 0, got {planes}")
-        nbytes = storage.nbytes()
-        if offset + (len(layers or [0]) - 1) * layer_stride + planes[-1] + page_bytes > nbytes:
-            raise ValueError(f"the declared pages reach past the allocation's {nbytes} bytes")
         if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks <= 0):
             raise ValueError(f"num_blocks must be a positive int, got {num_blocks!r}")
+        _check_within(
+            storage.nbytes(),
+            offset,
+            len(layers or [0]),
+            layer_stride,
+            planes,
+            page_bytes,
+            block_stride,
+            num_blocks,
+        )
         with self._lock:
             alloc = self._allocation(storage)
             if not layers:
