@@ -117,7 +117,7 @@ def _summarise() -> None:
         return
     writer = _state.get("writer")
     path = writer.write() if writer is not None else None
-    level, text = summary_line(guard, path)
+    level, text = summary_line(guard, path, _state.get("bindings"))
     logger.log(level, "%s", text)
 
 
