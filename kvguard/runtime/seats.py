@@ -84,8 +84,9 @@ def _nothing_to_wrap(cls: type, found: dict, kv_cache: str, layer: str | None) -
     takes = f"both `{layer}` and `{kv_cache}`" if layer else f"`{kv_cache}`"
     name = cls.__qualname__
     head = f"Guard.wrap({name}): no method of {name} takes {takes}, so nothing would be guarded"
-    near = {n: p for n, (_, p) in found.items() if layer is None or layer in [q.name for q in p]}
-    near = near or {n: p for n, (_, p) in found.items() if not n.startswith("_") and p}
+    methods = {n: p for n, (_, p) in found.items() if p and not n.startswith("_")}
+    near = {n: p for n, p in methods.items() if layer is None or layer in [q.name for q in p]}
+    near = near or methods  # none takes the layer either: every method could be meant
     if not near:
         return NothingToWrap(f"{head}; it has no method with parameters either")
     shown = sorted(near)[:3]

@@ -136,3 +136,22 @@ def test_the_vllm_plugin_passes_over_a_class_with_nothing_to_wrap():
     assert _wrap(guard, blocks_first) == 0
     assert _wrap(guard, kv_first) == 1
     assert getattr(kv_first.forward, "__kvguard_guard__", None) is guard
+
+
+def test_the_suggestion_leaves_out_private_and_special_methods():
+    class WithInit:
+        def __init__(self, layer=None):
+            self.layer = layer
+
+        def _helper(self, layer, cache):
+            return cache
+
+        def forward(self, layer, cache):
+            return cache
+
+    with pytest.raises(NothingToWrap) as info:
+        Guard("warn").wrap(WithInit)
+    message = str(info.value)
+    assert "WithInit.forward(self, layer, cache)" in message
+    assert "__init__" not in message and "_helper" not in message
+    assert "methods={'forward': 'cache'}" in message
