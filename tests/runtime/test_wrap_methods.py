@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvguard.runtime import Guard, KVLayoutMismatchError
-from kvguard.runtime.seats import NothingToWrap
+from kvguard.runtime import Guard, KVLayoutMismatchError, NothingToWrap
 
 
 class Layer:
