@@ -189,7 +189,7 @@ def _allocation_lines(report: dict[str, Any]) -> list[Text]:
     lines = []
     for alloc in report["allocations"]:
         declared = alloc.get("declared", {})
-        maps = f"{len(declared)} declared page map(s)" if declared else "page maps inferred"
+        maps = plural(len(declared), "declared page map") if declared else "page maps inferred"
         freed = ", freed" if alloc.get("freed") else ""
         lines.append(
             Text(

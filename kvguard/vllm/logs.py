@@ -37,12 +37,14 @@ def route_through_vllm() -> logging.Logger:
 
 def guard_on_line(mode: str, bindings: list[dict], declared: int) -> str:
     """The one INFO line a process that holds caches writes once they are bound."""
+    from kvguard.runtime.render import plural
+
     bound = [b for b in bindings if b.get("kv_cache") is not None]
     storages = {b["kv_cache"]["storage_ptr"] for b in bound}
     return (
-        f"kvguard: guard on (mode {mode}): {len(bound)} attention layers guarded on "
-        f"{len(storages)} KV-cache allocation(s); page maps declared by vLLM for {declared}, "
-        f"inferred for {len(bound) - declared}"
+        f"kvguard: guard on (mode {mode}): {plural(len(bound), 'attention layer')} guarded on "
+        f"{plural(len(storages), 'KV-cache allocation')}; page maps declared by vLLM for "
+        f"{declared}, inferred for {len(bound) - declared}"
     )
 
 

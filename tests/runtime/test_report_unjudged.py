@@ -12,7 +12,7 @@ import torch
 from kvguard.runtime import Guard, KVLayoutMismatchError
 from kvguard.runtime.merge import load_reports, merge
 from kvguard.runtime.render import report_lines
-from kvguard.vllm.logs import summary_line
+from kvguard.vllm.logs import guard_on_line, summary_line
 
 from .test_reports import LAYERS, _four_identical_violations
 
@@ -119,3 +119,15 @@ def test_no_line_of_a_report_ends_in_spaces(tmp_path):
 
     assert any(line.lstrip().startswith("key_cache ") for line in lines)  # the block map
     assert [line for line in lines if line != line.rstrip()] == []
+
+
+def test_counts_read_in_the_singular_and_the_plural(tmp_path):
+    report = _four_identical_violations("strict").report()
+    lines = _text(_merged(tmp_path, report))
+    bindings = _bindings(report, LAYERS[:1])
+
+    assert any(line.endswith(", 4 declared page maps") for line in lines), lines[:6]
+    assert guard_on_line("strict", bindings, 1) == (
+        "kvguard: guard on (mode strict): 1 attention layer guarded on 1 KV-cache allocation; "
+        "page maps declared by vLLM for 1, inferred for 0"
+    )
