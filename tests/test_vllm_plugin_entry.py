@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,15 +29,47 @@ def test_off_imports_nothing(value):
     assert proc.stdout.strip() == "['kvguard', 'kvguard.vllm', 'kvguard.vllm.plugin']"
 
 
-def test_unknown_mode_is_one_warning_and_stays_off(monkeypatch, caplog):
+@pytest.mark.parametrize("value", ["Strict-ish", "loud", "on"])
+def test_unknown_mode_fails_loudly_and_installs_nothing(monkeypatch, value):
     from kvguard.vllm import plugin
 
-    monkeypatch.setenv("KVGUARD_MODE", "loud")
-    with caplog.at_level(logging.WARNING, logger="kvguard"):
+    monkeypatch.setenv("KVGUARD_MODE", value)
+    with pytest.raises(ValueError) as info:
         plugin.register()
 
-    (record,) = caplog.records
-    assert "KVGUARD_MODE='loud'" in record.getMessage()
-    assert "off, warn, strict, fix" in record.getMessage()
+    message = str(info.value)
+    assert f"KVGUARD_MODE={value!r}" in message  # the value as given, not lower-cased
+    assert "off, warn, strict, fix" in message
     hooks = sys.modules.get("kvguard.vllm.hooks")
     assert hooks is None or hooks.current_guard() is None
+
+
+def test_unknown_mode_stops_vllm_plugin_loading():
+    """Through vLLM's own entry-point loader: it does not catch a plugin's error, so an
+    engine asked for a mode it cannot have does not start (unguarded or at all)."""
+    pytest.importorskip("vllm")
+    from importlib.metadata import entry_points
+
+    if not any(
+        ep.value == "kvguard.vllm.plugin:register"
+        for ep in entry_points(group="vllm.general_plugins")
+    ):
+        pytest.skip("kvguard's vLLM entry point is not installed in this environment")
+    code = "from vllm.plugins import load_general_plugins\nload_general_plugins()\n"
+    env = {**os.environ, "KVGUARD_MODE": "Strict-ish", "PYTHONPATH": str(REPO)}
+    env.pop("VLLM_PLUGINS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert "KVGUARD_MODE='Strict-ish' is not one of off, warn, strict, fix" in proc.stderr
+
+
+def test_guard_and_plugin_reject_the_same_values(monkeypatch):
+    from kvguard.runtime import Guard
+
+    monkeypatch.setenv("KVGUARD_MODE", "Strict-ish")
+    with pytest.raises(ValueError, match=r"KVGUARD_MODE must be one of .*'Strict-ish'"):
+        Guard()
+    monkeypatch.setenv("KVGUARD_MODE", " Strict ")
+    assert Guard().mode == "strict"  # what the plugin accepts, Guard() accepts

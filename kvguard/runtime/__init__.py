@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Guard": "guard",
     "KVLayoutMismatchError": "errors",
+    "NothingToWrap": "seats",
     "UnsupportedView": "errors",
     **{name: "records" for name in ("Collision", "LayerRecord", "ViewRecord", "Violation")},
     **{
@@ -81,6 +82,7 @@ if TYPE_CHECKING:
         split_kv_cache,
     )
     from .records import Collision, LayerRecord, ViewRecord, Violation
+    from .seats import NothingToWrap
 
 
 def __getattr__(name: str) -> Any:
@@ -108,6 +110,7 @@ __all__ = [
     "KVLayout",
     "KVLayoutMismatchError",
     "LayerRecord",
+    "NothingToWrap",
     "UndescribedKVCache",
     "UnsupportedView",
     "ViewRecord",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .fitting import SPLITS, fitting_layouts, shape_in
+
 if TYPE_CHECKING:
     from .records import Collision, LayerRecord, Violation
 
@@ -87,13 +89,45 @@ def _calls(v: Violation) -> str:
     )
 
 
-def advice(v: Violation) -> list[str]:
-    other_layout = v.other.layout if v.other else None
-    split = (
-        f"kvguard.runtime.split_kv_cache(kv_cache, {other_layout!r})"
-        if other_layout
-        else "kvguard.runtime.split_kv_cache(kv_cache, <the allocation's layout>)"
+def _split_call(layout: str) -> str:
+    return f"kvguard.runtime.split_kv_cache(kv_cache, {layout!r})"
+
+
+def split_advice(v: Violation) -> str:
+    """How to split the layer's own cache so that its views land in their pages: a named
+    layout only where `split_kv_cache` accepts that cache and its views fit the page map;
+    else what must change besides the split."""
+    layer, other = v.layer, v.other
+    theirs = other.layout if other is not None and other.name != layer.name else None
+    kv = layer.kv_cache
+    fits = fitting_layouts(kv, v.page_map) if kv is not None else []
+    if fits:
+        group = next((g for g in fits if theirs in g), fits[0])
+        text = f"split the cache of layer {layer.name!r} with {_split_call(group[0])}"
+        if len(group) > 1:
+            text += f" (or {', '.join(map(repr, group[1:]))}: the same cut of these bytes)"
+        return text + (f", as layer {other.name!r} does" if theirs in group else "")
+    mine = f"the cache of layer {layer.name!r}"
+    if kv is not None:
+        mine += f" (shape {kv.shape}, layout {layer.layout or 'unnamed'})"
+    if theirs and theirs in SPLITS:
+        mine_known = kv is not None and layer.layout in SPLITS
+        target = shape_in(kv, layer.layout, theirs) if mine_known else None
+        here = f", here {target}," if target else ""
+        return (
+            f"layer {other.name!r} splits its cache as {theirs!r}, and {mine} cannot be split "
+            f"that way: its backend's declared cache shape must change to {theirs!r} "
+            f"{SPLITS[theirs][3]}{here} too, then split it with {_split_call(theirs)}"
+        )
+    return (
+        f"no named layout splits {mine} onto this page map: its backend's declared cache "
+        "shape must change to one that does (kvguard.runtime.describe_kv_cache(kv_cache) "
+        "shows the axes the engine declared for it)"
     )
+
+
+def advice(v: Violation) -> list[str]:
+    split = split_advice(v)
     fixes = [
         f"    1. split every layer on this allocation through one splitter: {split};",
         "    2. pick backends whose cache layouts match for layers that share an allocation;",

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import itertools
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ from .layouts import match_layout
 from .pagemap import PageMap
 from .records import LayerRecord, ViewRecord, Violation
 from .restride import solve_restride
+from .seats import Seat, seats
 
 logger = logging.getLogger("kvguard")
 
@@ -106,11 +106,46 @@ def _restrided(
     return subst
 
 
-def _with_kv_cache(args: tuple, kwargs: dict, kv_pos: int, kv: torch.Tensor) -> tuple:
+def _with_kv_cache(args: tuple, kwargs: dict, kv_pos: int, kv_key: str, kv: torch.Tensor) -> tuple:
     """The call's arguments with `kv` in the place of its kv_cache, positional or keyword."""
     if len(args) > kv_pos:
         return (*args[:kv_pos], kv, *args[kv_pos + 1 :]), kwargs
-    return args, {**kwargs, "kv_cache": kv}
+    return args, {**kwargs, kv_key: kv}
+
+
+def _check_within(
+    nbytes: int,
+    offset: int,
+    layers: int,
+    layer_stride: int,
+    planes: tuple[int, ...],
+    page_bytes: int,
+    block_stride: int,
+    num_blocks: int | None,
+) -> None:
+    """ValueError, with the numbers, when a declared page map reaches past the allocation."""
+    page_end = planes[-1] + page_bytes  # one block's page, from its start
+    last_layer = offset + (layers - 1) * layer_stride
+    if last_layer + page_end > nbytes:
+        what = (
+            f"{layers} layers x layer_stride {layer_stride} B from offset {offset}"
+            if layers > 1
+            else f"offset {offset}"
+        )
+        raise ValueError(
+            f"declare_allocation: {what} and a {page_end}-byte page reach byte "
+            f"{last_layer + page_end}, past the {nbytes}-byte allocation; declare the map of "
+            "the buffer it describes (check offset, layer_stride and the layers list)"
+        )
+    if num_blocks is not None and last_layer + (num_blocks - 1) * block_stride + page_end > nbytes:
+        fit = (nbytes - last_layer - page_end) // block_stride + 1
+        where = f" of the last layer (byte {last_layer})" if layers > 1 else ""
+        raise ValueError(
+            f"declare_allocation: {num_blocks} blocks x {block_stride} B (block_stride) "
+            f"exceed the {nbytes}-byte allocation: the pages{where} reach byte "
+            f"{last_layer + (num_blocks - 1) * block_stride + page_end}; {fit} blocks fit, "
+            "so pass num_blocks <= that or the buffer the blocks live in"
+        )
 
 
 class Guard:
@@ -131,16 +166,18 @@ class Guard:
         on_violation: Callable[[Violation], None] | None = None,
         brief_errors: bool = False,
     ) -> None:
-        mode = (mode if mode is not None else os.environ.get("KVGUARD_MODE", "off")).lower()
-        if mode not in MODES:
-            raise ValueError(f"Guard mode must be one of {', '.join(MODES)}; got {mode!r}")
-        self.mode = mode
+        given = mode if mode is not None else os.environ.get("KVGUARD_MODE", "off")
+        if not isinstance(given, str) or given.strip().lower() not in MODES:
+            source = "Guard mode" if mode is not None else "KVGUARD_MODE"
+            raise ValueError(f"{source} must be one of {', '.join(MODES)}; got {given!r}")
+        self.mode = given.strip().lower()
         self._on_violation = on_violation
         self._brief = brief_errors
         self._lock = threading.RLock()
         self._local = threading.local()
         self._cache: dict[tuple, _Entry] = {}
         self._fast_tables: list[dict] = []  # per wrapped method: id(impl) -> steady answer
+        self._kv_params: dict[int, str] = {}  # id(method) -> the name of its cache parameter
         self._keys_by_storage: dict[int, set[tuple]] = {}
         self._keys_by_impl: dict[int, set[tuple]] = {}
         self._impl_refs: dict[int, Any] = {}
@@ -157,35 +194,32 @@ class Guard:
         self.discoveries = 0  # first-sight judgements made (for tests and the benchmark)
 
     # Public API ------------------------------------------------------------------------
-    def wrap(self, cls: type) -> type:
-        """Wrap, in place, every method of `cls` taking both `layer` and `kv_cache`.
+    def wrap(
+        self, cls: type, methods: Mapping[str, str] | None = None, *, layer: str | None = "layer"
+    ) -> type:
+        """Wrap, in place, every method of `cls` taking both `layer` and `kv_cache`, or the
+        methods `methods` names, each mapped to its KV-cache parameter
+        (`wrap(cls, methods={"forward": "cache"})`). `layer` names the layer parameter (None:
+        layers are named after the impl instance).
 
+        Raises ValueError naming the class when there is nothing to wrap, in every mode (off
+        too, so that a class that would go unguarded is found before the guard is on).
         Idempotent; a method another Guard wraps already is refused (ValueError), since two
         guards would judge every call twice and disagree on what they record."""
+        found = seats(cls, methods, layer=layer)
         if self.mode == "off":
             return cls
-        if not isinstance(cls, type):
-            raise TypeError(f"Guard.wrap expects a class, got {type(cls).__name__}")
-        for name in dir(cls):
-            fn = inspect.getattr_static(cls, name, None)
-            if not inspect.isfunction(fn):
-                continue
-            owner = getattr(fn, "__kvguard_guard__", None)
+        for seat in found:
+            owner = getattr(seat.fn, "__kvguard_guard__", None)
             if owner is self:
-                continue
-            try:
-                params = list(inspect.signature(fn).parameters)[1:]
-            except (TypeError, ValueError):
-                continue
-            if "layer" not in params or "kv_cache" not in params:
                 continue
             if owner is not None:
                 raise ValueError(
-                    f"{cls.__qualname__}.{name} is already wrapped by another kvguard Guard "
-                    f"(mode {owner.mode}); use that guard, or call its unwrap("
+                    f"{cls.__qualname__}.{seat.name} is already wrapped by another kvguard "
+                    f"Guard (mode {owner.mode}); use that guard, or call its unwrap("
                     f"{cls.__name__}) first"
                 )
-            setattr(cls, name, self._wrap_method(fn, params))
+            setattr(cls, seat.name, self._wrap_method(seat))
         return cls
 
     def unwrap(self, cls: type) -> type:
@@ -251,11 +285,18 @@ class Guard:
             or list(planes) != sorted(set(planes))
         ):
             raise ValueError(f"planes must be increasing byte offsets starting at 0, got {planes}")
-        nbytes = storage.nbytes()
-        if offset + (len(layers or [0]) - 1) * layer_stride + planes[-1] + page_bytes > nbytes:
-            raise ValueError(f"the declared pages reach past the allocation's {nbytes} bytes")
         if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks <= 0):
             raise ValueError(f"num_blocks must be a positive int, got {num_blocks!r}")
+        _check_within(
+            storage.nbytes(),
+            offset,
+            len(layers or [0]),
+            layer_stride,
+            planes,
+            page_bytes,
+            block_stride,
+            num_blocks,
+        )
         with self._lock:
             alloc = self._allocation(storage)
             if not layers:
@@ -293,8 +334,10 @@ class Guard:
             }
 
     # The wrapper: steady state is one dict lookup --------------------------------------
-    def _wrap_method(self, fn, params: list[str]):
-        layer_pos, kv_pos = params.index("layer"), params.index("kv_cache")
+    def _wrap_method(self, seat: Seat):
+        fn, layer_pos, kv_pos = seat.fn, seat.layer_pos, seat.kv_pos
+        kv_key, layer_key = seat.kv_param, seat.layer_param
+        self._kv_params[id(fn)] = kv_key
         # Engines pass the same kv_cache object every step: its identity (a weakref, so the
         # cache can still be freed) and the layer's stand for the metadata key.
         fast: dict[int, tuple] = {}
@@ -307,8 +350,8 @@ class Guard:
         def guarded(impl, *args, **kwargs):
             if is_compiling():  # traced directly by dynamo: step aside (see module docs)
                 return fn(impl, *args, **kwargs)
-            kv = args[kv_pos] if len(args) > kv_pos else kwargs.get("kv_cache")
-            layer = args[layer_pos] if len(args) > layer_pos else kwargs.get("layer")
+            kv = args[kv_pos] if len(args) > kv_pos else kwargs.get(kv_key)
+            layer = args[layer_pos] if len(args) > layer_pos else kwargs.get(layer_key)
             hit = fast.get(id(impl))
             if hit is None or hit[0]() is not kv or hit[1] != id(layer):
                 return self._seat(fn, name, method, fast, impl, layer, kv, kv_pos, args, kwargs)
@@ -347,7 +390,7 @@ class Guard:
             fixed = entry.fixed_ref() if entry.fixed_ref is not None else None
             if fixed is None:
                 fixed = self._attach_fixed_input(entry, kv)
-            args, kwargs = _with_kv_cache(args, kwargs, kv_pos, fixed)
+            args, kwargs = _with_kv_cache(args, kwargs, kv_pos, self._kv_params[key[0]], fixed)
             return fn(impl, *args, **kwargs)
         if action == _INTERCEPT:
             return self._intercepted(fn, key, impl, kv, entry, args, kwargs)
@@ -403,7 +446,7 @@ class Guard:
         if sight.entry is not None:  # nothing of the call ran past its first kernel boundary
             self._settle(key, impl, kv, sight.entry)
             fixed = self._attach_fixed_input(sight.entry, kv)
-            args, kwargs = _with_kv_cache(args, kwargs, kv_pos, fixed)
+            args, kwargs = _with_kv_cache(args, kwargs, kv_pos, self._kv_params[key[0]], fixed)
             return fn(impl, *args, **kwargs)
         if isinstance(recorder.error, KVLayoutMismatchError):
             raise recorder.error  # the impl caught it: the call must fail all the same

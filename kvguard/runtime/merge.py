@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from .render import WIDTH, print_lines, report_lines
+from .render import WIDTH, never_called, print_lines, report_lines
 
 
 class ReportError(ValueError):
@@ -48,13 +48,17 @@ def load_reports(directory: Path) -> list[dict[str, Any]]:
 
 
 def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """One document: every process's report, plus totals."""
+    """One document: every process's report, plus totals. Each process gains `never_called`
+    (the layers its engine bound that no call of reached the guard), which `layers` counts."""
+    for r in reports:
+        r["never_called"] = [b["layer"] for b in never_called(r)]
     return {
         "processes": reports,
         "totals": {
             "processes": len(reports),
             "allocations": sum(len(r["allocations"]) for r in reports),
-            "layers": sum(len(r["layers"]) for r in reports),
+            "layers": sum(len(r["layers"]) + len(r["never_called"]) for r in reports),
+            "never_called": sum(len(r["never_called"]) for r in reports),
             "violations": sum(len(r["violations"]) for r in reports),
         },
     }

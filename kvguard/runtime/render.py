@@ -22,7 +22,13 @@ from .records import LayerRecord, Violation
 
 WIDTH = 80
 MAP_BLOCKS = 4
-STATUS_STYLE = {"ok": "green", "violation": "bold red", "fixed": "yellow", "pending": "cyan"}
+STATUS_STYLE = {
+    "ok": "green",
+    "violation": "bold red",
+    "fixed": "yellow",
+    "pending": "cyan",
+    "never called": "magenta",
+}
 
 
 # Layer names: model.layers.0.x, model.layers.1.x -> model.layers.{0-1}.x ------------------
@@ -82,7 +88,50 @@ def _wrap(text: str, indent: str = "", width: int = WIDTH) -> list[str]:
     return out
 
 
+def _wrap_phrases(phrases: list[str], width: int = WIDTH) -> list[str]:
+    """`_wrap` that breaks lines only between the phrases (each ends with its separator)."""
+    glued = " ".join(p.replace(" ", "\u00a0") for p in phrases)  # no break inside a phrase
+    return [line.replace("\u00a0", " ") for line in _wrap(glued, width=width)]
+
+
+def plural(n: int, word: str) -> str:
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"
+
+
 # The layers of one process -------------------------------------------------------------------
+NEVER_CALLED = "never called"
+
+
+def never_called(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bindings of layers the engine bound a cache to but no call of which the guard saw
+    (strict mode stopped the engine first, or the run ended before they ran)."""
+    seen = {layer["name"] for layer in report["layers"]}
+    return [
+        b
+        for b in report.get("bindings", [])
+        if b.get("kv_cache") is not None and b.get("layer") not in seen
+    ]
+
+
+def _unjudged_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Never-called layers as layer rows: what vLLM bound, status "never called"."""
+    by_ptr = {a["storage_ptr"]: a["id"] for a in reversed(report["allocations"])}
+    return [
+        {
+            "name": b["layer"],
+            "impl": b.get("impl") or "?",
+            "attn_type": b.get("attn_type") or "unknown",
+            "allocation": by_ptr.get(b["kv_cache"].get("storage_ptr")),
+            "status": NEVER_CALLED,
+            "reason": None,
+            "fix_path": None,
+        }
+        for b in never_called(report)
+    ]
+
+
 def _process_name(report: dict[str, Any]) -> str:
     proc = report.get("process", {})
     rank = f" rank {proc['rank']}" if proc.get("rank") not in (None, "") else ""
@@ -101,7 +150,9 @@ def _page_map_source(report: dict[str, Any], layer: dict[str, Any]) -> str:
 def layer_lines(report: dict[str, Any]) -> list[Text]:
     backends = {b["layer"]: b.get("backend") for b in report.get("bindings", [])}
     groups: dict[tuple, list[str]] = {}
-    for layer in report["layers"]:
+    rows = report["layers"] + _unjudged_rows(report)
+    column = max([10, *(len(layer["status"]) + 1 for layer in rows)])
+    for layer in rows:
         backend = backends.get(layer["name"])
         key = (
             layer["status"],
@@ -122,13 +173,14 @@ def layer_lines(report: dict[str, Any]) -> list[Text]:
             what += f", {fix_path}"
         if reason:
             what += f": {reason}"
-        label = f"{len(names)} layer{'s' if len(names) > 1 else ''}"
+        if status == NEVER_CALLED:
+            what += ": bound, but no call reached the guard (not judged)"
         for pattern in compress_names(names):
             line = Text("  ")
-            line.append(f"{status:<10}", STATUS_STYLE.get(status, "yellow"))
+            line.append(f"{status:<{column}}", STATUS_STYLE.get(status, "yellow"))
             line.append(f"{pattern}")
             lines.append(line)
-        for part in _wrap(f"{label}: {what}", " " * 12):
+        for part in _wrap(f"{plural(len(names), 'layer')}: {what}", " " * (2 + column)):
             lines.append(Text(part, "dim"))
     return lines
 
@@ -137,7 +189,7 @@ def _allocation_lines(report: dict[str, Any]) -> list[Text]:
     lines = []
     for alloc in report["allocations"]:
         declared = alloc.get("declared", {})
-        maps = f"{len(declared)} declared page map(s)" if declared else "page maps inferred"
+        maps = plural(len(declared), "declared page map") if declared else "page maps inferred"
         freed = ", freed" if alloc.get("freed") else ""
         lines.append(
             Text(
@@ -196,7 +248,8 @@ def block_map(report: dict[str, Any], violation: dict[str, Any] | Violation) -> 
             text.append(f"      {view.role[:role_width]:<{role_width}}  ")
             for b in range(blocks):
                 cell, ok = _cell(view.geometry, b, pm)
-                text.append(f"{cell:<12}", "green" if ok else "bold red")
+                padded = cell if b == blocks - 1 else f"{cell:<12}"  # no trailing spaces
+                text.append(padded, "green" if ok else "bold red")
             text.append("\n")
     text.rstrip()
     return text
@@ -206,7 +259,7 @@ def violation_lines(group: list[Violation], report: dict[str, Any] | None = None
     first = group[0]
     names = compress_names([v.layer.name for v in group])
     head = Text(
-        f"{first.invariant}, {first.action}: {len(group)} layer{'s' if len(group) > 1 else ''}",
+        f"{first.invariant}, {first.action}: {plural(len(group), 'layer')}",
         "bold red" if first.action != "fixed" else "bold yellow",
     )
     lines = [head]
@@ -230,31 +283,37 @@ def process_lines(report: dict[str, Any]) -> list[Text]:
     return lines
 
 
-def _plural(n: int, word: str) -> str:
-    if n == 1:
-        return f"1 {word}"
-    return f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"
-
-
-def headline(reports: list[dict[str, Any]]) -> Text:
+def headline(reports: list[dict[str, Any]]) -> list[str]:
+    """The first lines: counts, broken only between phrases, at most 80 columns."""
     violations = [v for r in reports for v in _violations(r)]
     fixed = sum(v.action == "fixed" for v in violations)
-    counts = (
-        f"{_plural(len(reports), 'process')}, "
-        f"{_plural(sum(len(r['layers']) for r in reports), 'layer')}, "
-        f"{_plural(sum(len(r['allocations']) for r in reports), 'allocation')}: "
-    )
+    unjudged = sum(len(never_called(r)) for r in reports)
+    layers = plural(sum(len(r["layers"]) for r in reports) + unjudged, "layer")
+    if unjudged:
+        layers += f" ({unjudged} never called)"
+    phrases = [
+        "kvguard report:",
+        f"{plural(len(reports), 'process')},",
+        f"{layers},",
+        f"{plural(sum(len(r['allocations']) for r in reports), 'allocation')}:",
+    ]
     if violations:
-        counts += f"{_plural(len(violations), 'violation')}, "
-        counts += _plural(len(causes(violations)), "root cause")
-        counts += f", {fixed} fixed" if fixed else ""
+        phrases += [f"{plural(len(violations), 'violation')},"]
+        phrases += [plural(len(causes(violations)), "root cause") + ("," if fixed else "")]
+        phrases += [f"{fixed} fixed"] if fixed else []
     else:
-        counts += "no violation"
-    return Text(f"kvguard report: {counts}", "bold red" if len(violations) > fixed else "bold")
+        phrases.append("no violation")
+    return _wrap_phrases(phrases)
+
+
+def _headline_style(reports: list[dict[str, Any]]) -> str:
+    violations = [v for r in reports for v in _violations(r)]
+    return "bold red" if any(v.action != "fixed" for v in violations) else "bold"
 
 
 def report_lines(reports: list[dict[str, Any]]) -> list[Text]:
-    lines = [*(Text(p, "bold") for p in _wrap(headline(reports).plain)), Text("")]
+    style = _headline_style(reports)
+    lines = [*(Text(p, style) for p in headline(reports)), Text("")]
     for report in reports:
         lines += process_lines(report)
         lines.append(Text(""))

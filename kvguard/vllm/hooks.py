@@ -30,6 +30,7 @@ from typing import Any
 
 from kvguard.runtime import Guard
 from kvguard.runtime.records import Violation
+from kvguard.runtime.seats import NothingToWrap
 
 from . import specs
 from .logs import guard_on_line, route_through_vllm, summary_line
@@ -116,7 +117,7 @@ def _summarise() -> None:
         return
     writer = _state.get("writer")
     path = writer.write() if writer is not None else None
-    level, text = summary_line(guard, path)
+    level, text = summary_line(guard, path, _state.get("bindings"))
     logger.log(level, "%s", text)
 
 
@@ -184,10 +185,19 @@ def _wrap_impl_classes(guard: Guard) -> int:
     count = 0
     for base in _impl_bases():
         for cls in _all_subclasses(base):
-            guard.wrap(cls)
-            count += 1
+            count += _wrap(guard, cls)
         _wrap_future_subclasses(base, guard)
     return count
+
+
+def _wrap(guard: Guard, cls: type) -> int:
+    """Wrap one impl class; 0 for one without a method taking `layer` and `kv_cache` (an
+    abstract base, an impl that never touches the cache), which has nothing to guard."""
+    try:
+        guard.wrap(cls)
+    except NothingToWrap:
+        return 0
+    return 1
 
 
 def _all_subclasses(base: type) -> list[type]:
@@ -211,7 +221,7 @@ def _wrap_future_subclasses(base: type, guard: Guard) -> None:
             previous.__get__(None, cls)(**kwargs)
         else:
             super(base, cls).__init_subclass__(**kwargs)
-        guard.wrap(cls)
+        _wrap(guard, cls)
 
     base.__init_subclass__ = classmethod(__init_subclass__)
     base.__kvguard_subclass_hook__ = guard

@@ -37,28 +37,41 @@ def route_through_vllm() -> logging.Logger:
 
 def guard_on_line(mode: str, bindings: list[dict], declared: int) -> str:
     """The one INFO line a process that holds caches writes once they are bound."""
+    from kvguard.runtime.render import plural
+
     bound = [b for b in bindings if b.get("kv_cache") is not None]
     storages = {b["kv_cache"]["storage_ptr"] for b in bound}
     return (
-        f"kvguard: guard on (mode {mode}): {len(bound)} attention layers guarded on "
-        f"{len(storages)} KV-cache allocation(s); page maps declared by vLLM for {declared}, "
-        f"inferred for {len(bound) - declared}"
+        f"kvguard: guard on (mode {mode}): {plural(len(bound), 'attention layer')} guarded on "
+        f"{plural(len(storages), 'KV-cache allocation')}; page maps declared by vLLM for "
+        f"{declared}, inferred for {len(bound) - declared}"
     )
 
 
-def summary_line(guard, report_path: str | None) -> tuple[int, str]:
-    """(level, text) of the one line a process writes at shutdown."""
-    from kvguard.runtime.render import causes
+def summary_line(
+    guard, report_path: str | None, bindings: list[dict] | None = None
+) -> tuple[int, str]:
+    """(level, text) of the one line a process writes at shutdown. With `bindings`, it counts
+    every layer vLLM bound a cache to, the ones no call of reached the guard as never called
+    (strict mode stopped the engine first): "6 layers bound: 1 violation, 5 never called"."""
+    from kvguard.runtime.render import NEVER_CALLED, causes, plural
 
     layers = guard.layers
     counts: dict[str, int] = {}
     for record in layers:
         counts[record.status] = counts.get(record.status, 0) + 1
-    violations = guard.violations
+    seen = {record.name for record in layers}
+    unjudged = {b["layer"] for b in bindings or () if b.get("kv_cache") is not None} - seen
     parts = [f"{n} {status}" for status, n in sorted(counts.items())]
-    text = f"kvguard: summary (mode {guard.mode}): {len(layers)} layers: {', '.join(parts)}"
+    parts += [f"{len(unjudged)} {NEVER_CALLED}"] if unjudged else []
+    total = plural(len(layers) + len(unjudged), "layer") + (" bound" if bindings else "")
+    text = f"kvguard: summary (mode {guard.mode}): {total}: {', '.join(parts) or 'none'}"
+    violations = guard.violations
     if violations:
-        text += f"; {len(violations)} violation(s), {len(causes(violations))} root cause(s)"
+        text += (
+            f"; {plural(len(violations), 'violation')}, "
+            f"{plural(len(causes(violations)), 'root cause')}"
+        )
     if report_path:
         text += f"; report {report_path} (kvguard report {report_path.rsplit('/', 1)[0]})"
     unrepaired = any(v.action != "fixed" for v in violations)

@@ -39,7 +39,7 @@ def test_strict_run_is_clean_and_unchanged(kind, multiprocessing, run_engine, pl
     assert len(on) == 1, run.output[-3000:]
     done = _logged(run.output, "INFO", "kvguard: summary (mode strict): ")
     assert len(done) == 1, run.output[-3000:]
-    assert f"{len(report['layers'])} layers: " in done[0]
+    assert f"{len(report['layers'])} layers bound: " in done[0]
 
 
 def _model_structure(kind: str, bound: list[dict], allocations: dict) -> None:
