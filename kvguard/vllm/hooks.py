@@ -33,7 +33,7 @@ from kvguard.runtime.records import Violation
 from kvguard.runtime.seats import NothingToWrap
 
 from . import specs
-from .logs import guard_on_line, route_through_vllm, summary_line
+from .logs import guard_on_line, route_through_vllm, summary_line, unguarded_line
 
 logger = logging.getLogger("kvguard")
 
@@ -195,7 +195,8 @@ def _wrap(guard: Guard, cls: type) -> int:
     abstract base, an impl that never touches the cache), which has nothing to guard."""
     try:
         guard.wrap(cls)
-    except NothingToWrap:
+    except NothingToWrap as exc:
+        _state.setdefault("unwrapped", {})[cls.__qualname__] = str(exc)
         return 0
     return 1
 
@@ -325,6 +326,9 @@ def on_caches_bound(context: Any, kv_cache_config: Any) -> None:
         _state["announced"] = True
         declared = sum(len(d.layers) for d in declarations)
         logger.info("%s", guard_on_line(guard.mode, _state["bindings"], declared))
+    unguarded = unguarded_line(records, _state.get("unwrapped", {}))
+    if unguarded:
+        logger.warning("%s", unguarded)
 
 
 def _describe(bound: dict[str, Any], context: dict, kv_cache_config: Any) -> None:

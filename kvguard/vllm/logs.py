@@ -48,6 +48,20 @@ def guard_on_line(mode: str, bindings: list[dict], declared: int) -> str:
     )
 
 
+def unguarded_line(records: list[dict], unwrapped: dict[str, str]) -> str | None:
+    """A warning for layers bound to a cache whose impl class the guard could not wrap (no
+    method takes `layer` and `kv_cache`), with the reason and the call to make, or None."""
+    from kvguard.runtime.render import plural
+
+    missed = [r for r in records if r.get("kv_cache") is not None and r["impl"] in unwrapped]
+    if not missed:
+        return None
+    impls = sorted({r["impl"] for r in missed})
+    return f"kvguard: {plural(len(missed), 'attention layer')} not guarded: " + "; ".join(
+        unwrapped[i] for i in impls
+    )
+
+
 def summary_line(
     guard, report_path: str | None, bindings: list[dict] | None = None
 ) -> tuple[int, str]:

@@ -137,6 +137,30 @@ def test_the_vllm_plugin_passes_over_a_class_with_nothing_to_wrap():
     assert getattr(kv_first.forward, "__kvguard_guard__", None) is guard
 
 
+def test_layers_whose_impl_was_passed_over_are_named_in_one_warning():
+    from kvguard.vllm import hooks
+    from kvguard.vllm.logs import unguarded_line
+
+    blocks_first, kv_first, _ = classes()
+    hooks._state.pop("unwrapped", None)
+    try:
+        hooks._wrap(Guard("warn"), blocks_first)
+        unwrapped = hooks._state["unwrapped"]
+    finally:
+        hooks._state.pop("unwrapped", None)
+    geometry = {"storage_ptr": 1}
+    records = [
+        {"layer": "a", "impl": blocks_first.__qualname__, "kv_cache": geometry},
+        {"layer": "b", "impl": blocks_first.__qualname__, "kv_cache": geometry},
+        {"layer": "c", "impl": kv_first.__qualname__, "kv_cache": geometry},
+        {"layer": "d", "impl": blocks_first.__qualname__, "kv_cache": None},
+    ]
+    line = unguarded_line(records, unwrapped)
+    assert line is not None and line.startswith("kvguard: 2 attention layers not guarded: ")
+    assert "guard.wrap(BlocksFirst, methods={'forward': one of 'q', 'cache'})" in line
+    assert unguarded_line(records[2:], unwrapped) is None
+
+
 def test_the_suggestion_leaves_out_private_and_special_methods():
     class WithInit:
         def __init__(self, layer=None):
