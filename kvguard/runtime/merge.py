@@ -56,6 +56,9 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             "allocations": sum(len(r["allocations"]) for r in reports),
             "layers": sum(len(r["layers"]) for r in reports),
             "violations": sum(len(r["violations"]) for r in reports),
+            "connector_load_mismatches": sum(
+                len((r.get("connector") or {}).get("load_mismatches", ())) for r in reports
+            ),
         },
     }
 

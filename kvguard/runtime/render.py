@@ -18,6 +18,7 @@ from rich.text import Text
 
 from .explain import short_impl
 from .footprint import ViewGeometry
+from .load_render import connector_lines, mismatches
 from .records import LayerRecord, Violation
 
 WIDTH = 80
@@ -227,6 +228,7 @@ def process_lines(report: dict[str, Any]) -> list[Text]:
     lines = [Text(f"process {_process_name(report)}, mode {mode}", "bold")]
     lines += _allocation_lines(report)
     lines += layer_lines(report)
+    lines += connector_lines(report, _wrap)
     return lines
 
 
@@ -250,7 +252,11 @@ def headline(reports: list[dict[str, Any]]) -> Text:
         counts += f", {fixed} fixed" if fixed else ""
     else:
         counts += "no violation"
-    return Text(f"kvguard report: {counts}", "bold red" if len(violations) > fixed else "bold")
+    loads = sum(len(mismatches(r)) for r in reports)
+    if loads:
+        counts += f"; {loads} connector load mismatch{'es' if loads != 1 else ''}"
+    bad = len(violations) > fixed or loads
+    return Text(f"kvguard report: {counts}", "bold red" if bad else "bold")
 
 
 def report_lines(reports: list[dict[str, Any]]) -> list[Text]:

@@ -4,6 +4,10 @@
 Off unless KVGUARD_MODE is warn, strict or fix; off, it returns before importing anything,
 so a deployment that merely has kvguard installed pays nothing. `VLLM_PLUGINS` allowlisting
 is vLLM's own: leave `kvguard` out of the list and vLLM never calls this.
+
+KVGUARD_CONNECTOR=verify also checks KV connectors (`connector.py`): what a request loads
+is what this engine stored for those tokens. It needs the layer guard's description of each
+cache, so it switches the guard on in warn mode when KVGUARD_MODE leaves it off.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ ON_MODES = ("warn", "strict", "fix")
 
 def register() -> None:
     mode = os.environ.get("KVGUARD_MODE", "").strip().lower()
+    connector = os.environ.get("KVGUARD_CONNECTOR", "").strip().lower()
+    if connector not in ("", "off"):
+        _register_connector_check(connector, mode)
+        return
     if mode in ("", "off"):
         return
     if mode not in ON_MODES:
@@ -28,3 +36,24 @@ def register() -> None:
     from .hooks import install
 
     install(mode)
+
+
+def _register_connector_check(connector: str, mode: str) -> None:
+    import logging
+
+    if connector != "verify":
+        logging.getLogger("kvguard").warning(
+            "kvguard: KVGUARD_CONNECTOR=%r is not one of off, verify; the connector check "
+            "stays off",
+            connector,
+        )
+        if mode in ON_MODES:
+            from .hooks import install
+
+            install(mode)
+        return
+    from . import connector as connector_check
+    from .hooks import install
+
+    install(mode if mode in ON_MODES else "warn")
+    connector_check.install()
