@@ -42,7 +42,7 @@ def engine(model: Path, variant: str, work: Path) -> dict[str, list[float]]:
     (run / "storage").mkdir(parents=True)
     out = run / "out.json"
     cmd = [sys.executable, "-m", "tests.vllm.connector_engine", str(model), str(run / "storage")]
-    cmd += [str(out), "--repeat", str(REPEAT)]
+    cmd += [str(out), "--repeat", str(REPEAT), "--warm-up"]
     subprocess.run(
         cmd, cwd=REPO, env=_env(**VARIANTS[variant]), check=True, capture_output=True, timeout=600
     )
@@ -64,7 +64,8 @@ def main() -> int:
             for variant in VARIANTS:
                 runs[variant].append(engine(model, variant, work))
     print(
-        f"tiny Llama, ExampleConnector, 3 prompts x 8 tokens per generate; best of "
+        f"tiny Llama, ExampleConnector, 3 prompts x 8 tokens per generate, after one "
+        f"untimed generate of other prompts; best of "
         f"{args.engines} engines per variant (store round) and of {args.engines} x "
         f"{REPEAT + 1} rounds (load rounds); multiprocessing off"
     )

@@ -173,6 +173,8 @@ def _at_step_end(connector: Any) -> None:
     if plan is None:
         return
     checks, stores = plan
+    if not checks and not stores:  # most decode steps: no block started or completed
+        return
     from kvguard.runtime.describe import UndescribedKVCache, describe_kv_cache
 
     from .specs import bound_tensor
@@ -189,12 +191,12 @@ def _at_step_end(connector: Any) -> None:
         if kv is None:
             continue
         try:
-            desc = describe_kv_cache(kv, layer=layer)
-            key, value = desc.split(kv)
+            desc, key, value = _planes(layer, kv, describe_kv_cache)
         except (UndescribedKVCache, ValueError) as exc:
             uncovered[layer] = str(exc)
             continue
         covered.add(layer)
+        uncovered.pop(layer, None)
         for request, block_ids, chain in checks.get(group, ()):
             check.check(
                 layer, request, key, value, block_ids, chain, connector=name, cache=str(desc)
@@ -203,6 +205,17 @@ def _at_step_end(connector: Any) -> None:
         if ids:
             check.store(layer, key, value, ids, [k for _, k in stores[group]])
     _report(check.settle())
+
+
+def _planes(layer: str, kv: Any, describe: Any) -> tuple[Any, Any, Any]:
+    """(description, K view, V view) of a layer's bound cache, made once per tensor."""
+    planes = _state.setdefault("planes", {})
+    tag = (kv.data_ptr(), tuple(kv.shape), kv.stride())
+    found = planes.get(layer)
+    if found is None or found[0] != tag:
+        desc = describe(kv, layer=layer)
+        found = planes[layer] = (tag, desc, *desc.split(kv))
+    return found[1:]
 
 
 def _report(found: list) -> None:
