@@ -1,5 +1,5 @@
 """What KVGUARD_CONNECTOR=verify costs in a real vLLM engine with vLLM's ExampleConnector:
-the time of the round that computes and stores the prompts, and of the rounds that load
+the time of a round that computes and stores new prompts, and of a round that loads
 them, with the check on against off (and against the layer guard alone, which verify
 switches on in warn mode), measured in the same run, engines interleaved.
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.vllm import tiny_models  # noqa: E402
 
-REPEAT = 6  # loading rounds per engine after the first one
+REPEAT = 5  # more (store, load) pairs of rounds per engine, each with new prompts
 VARIANTS = {"off": {}, "warn": {"KVGUARD_MODE": "warn"}, "verify": {"KVGUARD_CONNECTOR": "verify"}}
 
 
@@ -43,13 +43,16 @@ def engine(model: Path, variant: str, work: Path) -> dict[str, list[float]]:
     out = run / "out.json"
     cmd = [sys.executable, "-m", "tests.vllm.connector_engine", str(model), str(run / "storage")]
     cmd += [str(out), "--repeat", str(REPEAT), "--warm-up"]
-    subprocess.run(
-        cmd, cwd=REPO, env=_env(**VARIANTS[variant]), check=True, capture_output=True, timeout=600
-    )
+    env = _env(**VARIANTS[variant], KVGUARD_REPORT=str(run / "reports"))
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
     result = json.loads(out.read_text())
     if not result["ok"]:
         raise RuntimeError(result["traceback"])
-    return {"wall": result["seconds"], "cpu": result["cpu_seconds"]}
+    check = 0.0  # the connector check's own time, as its process measured it
+    for report in (run / "reports").glob("*.json"):
+        check += (json.loads(report.read_text()).get("connector") or {}).get("check_seconds", 0)
+    total = sum(result["seconds"])  # every timed round; the warm-up round is not in it
+    return {"wall": result["seconds"], "cpu": result["cpu_seconds"], "check": [check, total]}
 
 
 def main() -> int:
@@ -65,19 +68,24 @@ def main() -> int:
                 runs[variant].append(engine(model, variant, work))
     print(
         f"tiny Llama, ExampleConnector, 3 prompts x 8 tokens per generate, after one "
-        f"untimed generate of other prompts; best of "
-        f"{args.engines} engines per variant (store round) and of {args.engines} x "
-        f"{REPEAT + 1} rounds (load rounds); multiprocessing off"
+        f"untimed generate of other prompts; best of {args.engines} engines x "
+        f"{REPEAT + 1} rounds per variant and kind of round; multiprocessing off"
     )
     for clock in ("wall", "cpu"):
-        store = {v: min(r[clock][0] for r in rs) for v, rs in runs.items()}
-        load = {v: min(min(r[clock][1:]) for r in rs) for v, rs in runs.items()}
+        store = {v: min(min(r[clock][0::2]) for r in rs) for v, rs in runs.items()}
+        load = {v: min(min(r[clock][1::2]) for r in rs) for v, rs in runs.items()}
         for name, t in (("store round", store), ("load round", load)):
             print(
                 f"  {clock:4s} {name}: off {t['off'] * 1e3:7.1f} ms  warn {t['warn'] * 1e3:7.1f}"
                 f" ms  verify {t['verify'] * 1e3:7.1f} ms   verify/off {t['verify'] / t['off']:.3f}"
                 f"  verify/warn {t['verify'] / t['warn']:.3f}"
             )
+    check = sum(r["check"][0] for r in runs["verify"])
+    total = sum(r["check"][1] for r in runs["verify"])
+    print(
+        f"  the check's own time in verify engines: {check * 1e3:.1f} ms of {total * 1e3:.0f} ms"
+        f" of generate calls ({check / total:.1%}; includes the untimed warm-up round's steps)"
+    )
     return 0
 
 

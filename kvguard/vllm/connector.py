@@ -28,6 +28,7 @@ import functools
 import hashlib
 import logging
 import threading
+import time
 from array import array
 from collections.abc import Hashable
 from typing import Any
@@ -99,6 +100,7 @@ def report_section() -> dict[str, Any] | None:
     return {
         "connectors": sorted(_state.get("connectors", ())),
         **v.counts(),
+        "check_seconds": _state.get("seconds", 0.0),  # wall time spent in the check
         "covered_layers": sorted(_state.get("covered", ())),
         "uncovered_layers": dict(sorted(_state.get("uncovered", {}).items())),
         "load_mismatches": [m.to_json() for m in v.mismatches],
@@ -133,10 +135,12 @@ def _instrument(connector: Any) -> None:
             return wait_for_save(*args, **kwargs)
         _local.inside = True
         try:
+            start = time.perf_counter()
             try:
                 _at_step_end(connector)
             except Exception:  # bookkeeping must never break a step
                 logger.exception("kvguard: the connector check failed; this step is unchecked")
+            _state["seconds"] = _state.get("seconds", 0.0) + time.perf_counter() - start
             return wait_for_save(*args, **kwargs)
         finally:
             _local.inside = False

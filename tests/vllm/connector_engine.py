@@ -1,14 +1,15 @@
 """Run one tiny offline vLLM engine with a KV connector (run as a script).
 
     python -m tests.vllm.connector_engine MODEL_DIR STORAGE OUT_JSON [--connector NAME]
-        [--module MODULE] [--repeat R] [--warm-up]
+        [--module MODULE] [--repeat R] [--warm-up] [--executor mp]
 
 Two rounds of the same prompts: the first computes them (the connector stores their
 blocks), the second starts from what the connector loads. Prefix caching is off, so the
 second round's prefix can only come from the connector. The outputs of both rounds and the
-seconds (wall and process CPU) of every round, with --repeat R of R more loading rounds, go
-to OUT_JSON (--warm-up: after one untimed round of other prompts). Everything that
-switches kvguard on comes from the environment, as a user sets it.
+seconds (wall and process CPU) of every round go to OUT_JSON; --repeat R adds R more such
+pairs of rounds, each with prompts not seen before; --warm-up runs one untimed round of other
+prompts first. Everything that switches kvguard on comes from the environment, as a user
+sets it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main(argv: list[str]) -> int:
     connector = argv[argv.index("--connector") + 1] if "--connector" in argv else "ExampleConnector"
     module = argv[argv.index("--module") + 1] if "--module" in argv else None
     repeat = int(argv[argv.index("--repeat") + 1]) if "--repeat" in argv else 0
+    executor = argv[argv.index("--executor") + 1] if "--executor" in argv else None
     from vllm import LLM, SamplingParams
     from vllm.config import KVTransferConfig
 
@@ -52,6 +54,8 @@ def main(argv: list[str]) -> int:
             block_size=BLOCK_SIZE,
             enable_prefix_caching=False,
             kv_transfer_config=transfer,
+            # "mp": the worker in a process of its own, apart from the scheduler's
+            distributed_executor_backend=executor,
             seed=0,
             dtype="float32",
         )
@@ -61,16 +65,24 @@ def main(argv: list[str]) -> int:
             other = [{"prompt_token_ids": [t + 1 for t in p]} for p in PROMPTS]
             llm.generate(other, params, use_tqdm=False)
         rounds, seconds, cpu_seconds = [], [], []
-        for _ in range(2 + repeat):
+
+        def timed(batch) -> list[list[int]]:
             start, cpu_start = time.perf_counter(), time.process_time()
-            outputs = llm.generate(requests, params, use_tqdm=False)
+            outputs = llm.generate(batch, params, use_tqdm=False)
             seconds.append(time.perf_counter() - start)
             cpu_seconds.append(time.process_time() - cpu_start)
-            rounds.append([list(o.outputs[0].token_ids) for o in outputs])
+            return [list(o.outputs[0].token_ids) for o in outputs]
+
+        rounds = [timed(requests), timed(requests)]
+        for r in range(repeat):  # prompts not seen before: computed and stored, then loaded
+            fresh = [{"prompt_token_ids": [(t + 7 * r + 11) % 250 + 3 for t in p]} for p in PROMPTS]
+            timed(fresh)
+            timed(fresh)
         result = {
             "ok": True,
-            "rounds": rounds[:2],
-            "seconds": seconds,  # round 1 computes and stores, the others load
+            "rounds": rounds,
+            # even rounds compute and store their prompts, odd rounds load them
+            "seconds": seconds,
             "cpu_seconds": cpu_seconds,
         }
     except Exception as exc:

@@ -9,7 +9,8 @@ round's prefix comes from the connector (connector_engine.py).
 - a connector that reads the blocks-first cache as K/V-first: the second round's outputs
   change (the corruption is real), and each request's load is named in one ERROR line and
   diagnosed in full by `kvguard report` (exit 1);
-- a connector whose restore swaps K and V: diagnosed as "K and V swapped".
+- a connector whose restore swaps K and V: diagnosed as "K and V swapped", also with the
+  worker in a process apart from the scheduler's (the multiprocess executor).
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(model, tmp_path_factory):
-    def go(connector: str | None = None, multiprocessing: bool = False, **env: str) -> Run:
+    def go(
+        connector: str | None = None,
+        multiprocessing: bool = False,
+        executor: str | None = None,
+        **env: str,
+    ) -> Run:
         work = tmp_path_factory.mktemp(f"connector-{connector or 'example'}")
         environ = {
             k: v
@@ -77,6 +83,8 @@ def run(model, tmp_path_factory):
         args = [str(model), str(work / "storage"), str(work / "out.json")]
         if connector:
             args += ["--connector", connector, "--module", VARIANTS]
+        if executor:
+            args += ["--executor", executor]
         proc = subprocess.run(
             [sys.executable, "-m", "tests.vllm.connector_engine", *args],
             cwd=REPO,
@@ -173,3 +181,15 @@ def test_a_swapped_restore_is_named(run):
     assert {m["kind"] for m in found} == {"swapped"}
     assert all(len(m["blocks"]) == m["checked_blocks"] == 2 for m in found)
     assert "hold K and V swapped" in _error_lines(broken.output)[0]
+
+
+def test_a_worker_apart_from_the_scheduler_checks_on_its_own(run):
+    """The multiprocess executor runs the worker in a process of its own: the check needs
+    nothing from the scheduler's process."""
+    broken = run("SwappedLoadConnector", multiprocessing=True, executor="mp",
+                 KVGUARD_CONNECTOR="verify")  # fmt: skip
+    assert broken.rounds[0] != broken.rounds[1]
+    found = broken.connector["load_mismatches"]
+    assert {m["kind"] for m in found} == {"swapped"} and len(found) == 6
+    lines = _error_lines(broken.output)
+    assert lines and all(line.startswith("(Worker pid=") for line in lines), lines
