@@ -522,4 +522,7 @@ def _report(args: argparse.Namespace) -> int:
         from kvguard.runtime.merge import show
 
         show(merged, args.svg)
-    return EXIT_FINDINGS if merged["totals"]["violations"] else EXIT_CLEAN
+    totals = merged["totals"]
+    return (
+        EXIT_FINDINGS if totals["violations"] or totals["connector_load_mismatches"] else EXIT_CLEAN
+    )

@@ -60,6 +60,9 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             "layers": sum(len(r["layers"]) + len(r["never_called"]) for r in reports),
             "never_called": sum(len(r["never_called"]) for r in reports),
             "violations": sum(len(r["violations"]) for r in reports),
+            "connector_load_mismatches": sum(
+                len((r.get("connector") or {}).get("load_mismatches", ())) for r in reports
+            ),
         },
     }
 

@@ -18,6 +18,7 @@ from rich.text import Text
 
 from .explain import short_impl
 from .footprint import ViewGeometry
+from .load_render import connector_lines, mismatches
 from .records import LayerRecord, Violation
 
 WIDTH = 80
@@ -97,7 +98,7 @@ def _wrap_phrases(phrases: list[str], width: int = WIDTH) -> list[str]:
 def plural(n: int, word: str) -> str:
     if n == 1:
         return f"1 {word}"
-    return f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"
+    return f"{n} {word}es" if word.endswith(("s", "sh", "ch", "x")) else f"{n} {word}s"
 
 
 # The layers of one process -------------------------------------------------------------------
@@ -280,6 +281,7 @@ def process_lines(report: dict[str, Any]) -> list[Text]:
     lines = [Text(f"process {_process_name(report)}, mode {mode}", "bold")]
     lines += _allocation_lines(report)
     lines += layer_lines(report)
+    lines += connector_lines(report, _wrap)
     return lines
 
 
@@ -303,12 +305,18 @@ def headline(reports: list[dict[str, Any]]) -> list[str]:
         phrases += [f"{fixed} fixed"] if fixed else []
     else:
         phrases.append("no violation")
+    loads = sum(len(mismatches(r)) for r in reports)
+    if loads:
+        phrases[-1] += ";"
+        phrases.append(plural(loads, "connector load mismatch"))
     return _wrap_phrases(phrases)
 
 
 def _headline_style(reports: list[dict[str, Any]]) -> str:
     violations = [v for r in reports for v in _violations(r)]
-    return "bold red" if any(v.action != "fixed" for v in violations) else "bold"
+    loads = sum(len(mismatches(r)) for r in reports)
+    bad = any(v.action != "fixed" for v in violations) or loads
+    return "bold red" if bad else "bold"
 
 
 def report_lines(reports: list[dict[str, Any]]) -> list[Text]:

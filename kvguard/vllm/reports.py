@@ -15,9 +15,14 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("kvguard")
+
+# Further top-level sections of the report, by name: each callable returns a JSON-able
+# value, or None to leave its section out (the connector check adds "connector").
+SECTIONS: dict[str, Callable[[], Any]] = {}
 
 
 class ReportWriter:
@@ -39,6 +44,10 @@ class ReportWriter:
 
     def write(self) -> str | None:
         data = self.guard.report() | {"process": self.process(), "bindings": list(self.bindings)}
+        for name, section in SECTIONS.items():
+            value = section()
+            if value is not None:
+                data[name] = value
         if not data["layers"] and not data["bindings"]:
             return None  # a process that never saw a cache (the API server): nothing to say
         with self._lock:
