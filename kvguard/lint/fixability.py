@@ -235,6 +235,7 @@ class FilePlan:
     classes: dict[str, ClassPlan] = field(default_factory=dict)
     runtime: dict[int, RuntimeRoute] = field(default_factory=dict)
     anchors: dict[str, int] = field(default_factory=dict)  # class name -> id(KVG004 anchor)
+    loose: dict[int, str] = field(default_factory=dict)  # id(node) -> why a loose site has none
 
     def info(self) -> tuple[dict[int, FixInfo], dict[int, str]]:
         """Per anchor node id: the fix it offers, or why it is withheld."""
@@ -254,6 +255,7 @@ class FilePlan:
                 fixes[anchor] = FixInfo(
                     SAFE, f"route its {len(plan.ops)} splits through {made} `{SPLITTER_METHOD}`"
                 )
+        notes.update(self.loose)
         for key, route in self.runtime.items():
             receiver = route.op.receiver_code()
             call = f'{RUNTIME_MODULE}.{RUNTIME_SPLITTER}({receiver}, "{route.layout}")'
@@ -548,9 +550,27 @@ def plan_file(
             cls = model.class_def(name)
             if cls is not None:
                 plan.anchors[name] = id(cls.name)
-    if not _in_vllm_tree(model.path):
-        for op in loose:
-            route = _runtime_route(op)
-            if route is not None:
-                plan.runtime[id(op.node)] = route
+    for op in loose:
+        text = _normal(_code(op.node))
+        text = text if len(text) <= 40 else text[:37] + "..."
+        where = f"`{text}` in {op.site.function or 'the module'} sits outside a class"
+        if _in_vllm_tree(model.path):
+            plan.loose[id(op.node)] = (
+                f"{where}, inside vLLM's own package, which cannot depend on kvguard.runtime: "
+                "give it a splitter by hand"
+            )
+            continue
+        route = _runtime_route(op)
+        if route is not None:
+            plan.runtime[id(op.node)] = route
+        elif op.free:
+            plan.loose[id(op.node)] = (
+                f"{where} and reads {', '.join(f'`{n}`' for n in op.free)}, which no runtime "
+                "layout names: route it through a splitter by hand"
+            )
+        else:
+            plan.loose[id(op.node)] = (
+                f"{where}, and no layout of kvguard.runtime.split_kv_cache gives the same "
+                "views: route it through a splitter by hand"
+            )
     return plan
