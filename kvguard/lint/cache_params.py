@@ -27,15 +27,76 @@ name. Only the stdlib ``ast`` is used (the scan workers run this before libcst i
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from kvguard.lint.forms import ITERATING_METHODS
 from kvguard.lint.names import KvNames
+from kvguard.lint.prescreen import walk
 
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 # (innermost class name or None, function name) -> parameter names that hold a cache
 CacheParams = dict[tuple[str | None, str], tuple[str, ...]]
 _ROUNDS = 4  # caches passed on through helpers of helpers
+
+
+@dataclass
+class _Summary:
+    """What one walk of a function (or the module's other statements) finds."""
+
+    calls: list[ast.Call] = field(default_factory=list)
+    assigns: list[tuple[str, ast.expr]] = field(default_factory=list)  # name = value
+    loops: list[str] = field(default_factory=list)  # loop targets over a list's elements
+    bindings: list[tuple[str, ast.expr | None]] = field(default_factory=list)  # self.x = value
+
+    def caches(self, names: KvNames, params: tuple[str, ...] = ()) -> set[str]:
+        """Locals that hold one cache: cache parameters, names bound to a cache list's
+        element, loop targets over its elements; not a local also bound to anything else."""
+        caches = {*params, *self.loops}
+        other: set[str] = set()
+        for name, value in self.assigns:
+            (caches if _is_cache(value, set(), names) else other).add(name)
+        return caches - other
+
+
+def _summary(node: ast.AST, names: KvNames) -> _Summary:
+    out = _Summary()
+    for sub in (n for stmt in getattr(node, "body", ()) for n in walk(stmt)):
+        kind = type(sub)
+        if kind not in _SUMMARISED:
+            continue
+        if kind is ast.Call:
+            out.calls.append(sub)
+        elif kind is ast.Assign:
+            if len(sub.targets) == 1 and isinstance(sub.targets[0], ast.Name):
+                out.assigns.append((sub.targets[0].id, sub.value))
+            for target in sub.targets:
+                if isinstance(target, (ast.Tuple, ast.List)):
+                    # a tuple target binds each attribute to no one cache
+                    out.bindings.extend((e.attr, None) for e in target.elts if _is_self(e))  # type: ignore[attr-defined]
+                elif _is_self(target):
+                    out.bindings.append((target.attr, sub.value))  # type: ignore[attr-defined]
+        elif isinstance(sub, (ast.AnnAssign, ast.AugAssign)) and _is_self(sub.target):
+            value = sub.value if isinstance(sub, ast.AnnAssign) else None
+            out.bindings.append((sub.target.attr, value))  # type: ignore[attr-defined]
+        elif isinstance(sub, (ast.For, ast.AsyncFor, ast.comprehension)):
+            element = _loop_element(sub.target, sub.iter, names)
+            if element is not None:
+                out.loops.append(element)
+    return out
+
+
+_SUMMARISED = frozenset(
+    {ast.Call, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor, ast.comprehension}
+)
+
+
+def _is_self(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    )
 
 
 def cache_params(
@@ -46,17 +107,26 @@ def cache_params(
 ) -> CacheParams:
     """The cache parameters of the file's functions (``definitions``: every function outside
     function bodies, with its innermost class). ``speaks`` says which of them spell a cache
-    word: only their calls can pass a cache, so a file where none does costs one look at
-    them; ``rest`` is the module's other statements, whose calls count as well."""
+    word: only their calls and bindings can pass a cache, so a file where none does costs one
+    look at them; ``rest`` is the module's other statements, whose calls count as well."""
     defs = list(definitions)
-    by_key: dict[tuple[str | None, str], list[Function]] = {}
-    for func, owner in defs:
-        by_key.setdefault((owner.name if owner else None, func.name), []).append(func)
     speaking = [(f, o) for f, o in defs if speaks(f)]
     if not speaking:
         return {}
-    attributes = _cache_attributes(defs, speaking, names)
-    if not any(_votes(speaking, names, by_key, {}).values()):
+    by_key: dict[tuple[str | None, str], list[Function]] = {}
+    for func, owner in defs:
+        by_key.setdefault((owner.name if owner else None, func.name), []).append(func)
+    summaries: dict[int, _Summary] = {}
+
+    def summary(node: ast.AST) -> _Summary:
+        if id(node) not in summaries:
+            summaries[id(node)] = _summary(node, names)
+        return summaries[id(node)]
+
+    # a first look at the functions that spell a cache word: anything to find at all?
+    attributes = _cache_attributes(defs, speaking, names, summary)
+    candidates = _votes(speaking, names, by_key, {}, summary)
+    if not any(v and not _named(p[2], names) for p, v in candidates.items()):
         return _with_attributes({}, defs, attributes)
     module = ast.Module(body=list(rest), type_ignores=[])
     everything: list[tuple[Function | ast.Module, ast.ClassDef | None]] = [*defs, (module, None)]
@@ -64,9 +134,9 @@ def cache_params(
     for _ in range(_ROUNDS):
         updated: dict[tuple[str | None, str], set[str]] = {}
         for (owner_name, fname, param), only_caches in _votes(
-            everything, names, by_key, found
+            everything, names, by_key, found, summary
         ).items():
-            if only_caches and not names.is_cache(param) and not names.is_cache_list(param):
+            if only_caches and not _named(param, names):
                 updated.setdefault((owner_name, fname), set()).add(param)
         result = {k: tuple(sorted(v)) for k, v in updated.items()}
         if result == found:
@@ -75,74 +145,9 @@ def cache_params(
     return _with_attributes(found, defs, attributes)
 
 
-def _cache_attributes(
-    defs: list[tuple[Function, ast.ClassDef | None]],
-    speaking: list[tuple[Function, ast.ClassDef | None]],
-    names: KvNames,
-) -> dict[str, frozenset[str]]:
-    """Class -> attributes of ``self`` that its methods only ever bind to a cache
-    (``self.buf = kv_cache`` in ``register``; ``self.buf[0]`` in ``save`` then splits it)."""
-    candidates = {owner.name for f, owner in speaking if owner is not None and _binds(f, names)}
-    votes: dict[tuple[str, str], bool] = {}
-    for func, owner in defs:
-        if owner is None or owner.name not in candidates:
-            continue
-        caches = _caller_caches(func, names, ())
-        for target, value in _self_bindings(func):
-            if not (names.is_cache(target) or names.is_cache_list(target)):
-                key = (owner.name, target)
-                votes[key] = votes.get(key, True) and _is_cache(value, caches, names)
-    out: dict[str, set[str]] = {}
-    for (owner_name, attr), only_caches in votes.items():
-        if only_caches:
-            out.setdefault(owner_name, set()).add(attr)
-    return {k: frozenset(v) for k, v in out.items()}
-
-
-def _binds(func: Function, names: KvNames) -> bool:
-    caches = _caller_caches(func, names, ())
-    return any(_is_cache(value, caches, names) for _, value in _self_bindings(func))
-
-
-def _self_bindings(func: Function) -> Iterator[tuple[str, ast.expr]]:
-    """``self.<attr> = value`` (and annotated) anywhere in the method; a tuple target binds
-    each attribute to something that is no one cache."""
-    for node in ast.walk(func):
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, (ast.Tuple, ast.List)):
-                    for element in target.elts:
-                        if _is_self_attribute(element):
-                            yield element.attr, ast.Tuple(elts=[], ctx=ast.Load())  # type: ignore[attr-defined]
-                elif _is_self_attribute(target):
-                    yield target.attr, node.value  # type: ignore[attr-defined]
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and _is_self_attribute(node.target):
-            value = node.value if isinstance(node, ast.AnnAssign) else None
-            yield node.target.attr, value or ast.Tuple(elts=[], ctx=ast.Load())  # type: ignore[attr-defined]
-
-
-def _is_self_attribute(node: ast.expr) -> bool:
-    return (
-        isinstance(node, ast.Attribute)
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "self"
-    )
-
-
-def _with_attributes(
-    found: CacheParams,
-    defs: list[tuple[Function, ast.ClassDef | None]],
-    attributes: dict[str, frozenset[str]],
-) -> CacheParams:
-    """Every method of a class also treats its cache attributes as caches."""
-    if not attributes:
-        return found
-    out = dict(found)
-    for func, owner in defs:
-        if owner is not None and owner.name in attributes:
-            key = (owner.name, func.name)
-            out[key] = tuple(sorted({*out.get(key, ()), *attributes[owner.name]}))
-    return out
+def _named(param: str, names: KvNames) -> bool:
+    """A parameter whose own name already says cache (or cache list)."""
+    return names.is_cache(param) or names.is_cache_list(param)
 
 
 def _votes(
@@ -150,26 +155,20 @@ def _votes(
     names: KvNames,
     by_key: dict[tuple[str | None, str], list[Function]],
     found: CacheParams,
+    summary: Callable[[ast.AST], _Summary],
 ) -> dict[tuple[str | None, str, str], bool]:
     """(class, function, parameter) -> whether every call that fills it passes a cache."""
     votes: dict[tuple[str | None, str, str], bool] = {}
     for func, owner in callers:
         owner_name = owner.name if owner else None
         own = found.get((owner_name, func.name), ()) if not isinstance(func, ast.Module) else ()
-        caches = _caller_caches(func, names, own)
-        for call in _calls(func):
+        facts = summary(func)
+        if not facts.calls:
+            continue
+        caches = facts.caches(names, own)
+        for call in facts.calls:
             _vote(call, owner_name, caches, names, by_key, votes)
     return votes
-
-
-def _calls(func: Function | ast.Module) -> Iterator[ast.Call]:
-    """The calls in the function's own body (nested functions and classes included)."""
-    stack: list[ast.AST] = list(func.body)
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.Call):
-            yield node
-        stack.extend(ast.iter_child_nodes(node))
 
 
 def _callee(call: ast.Call, owner: str | None) -> tuple[tuple[str | None, str], bool] | None:
@@ -259,24 +258,54 @@ def _is_list(expr: ast.expr, names: KvNames) -> bool:
     return False
 
 
-def _caller_caches(
-    func: Function | ast.Module, names: KvNames, params: tuple[str, ...]
-) -> set[str]:
-    """Locals of the caller that hold one cache: its cache parameters, names bound to a
-    cache list's element, and loop targets over a cache list's elements. A local bound to
-    anything else anywhere in the function is not one."""
-    caches = set(params)
-    other: set[str] = set()
-    for node in ast.walk(func):
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-            if isinstance(target, ast.Name):
-                (caches if _is_cache(node.value, set(), names) else other).add(target.id)
-        elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
-            element = _loop_element(node.target, node.iter, names)
-            if element is not None:
-                caches.add(element)
-    return caches - other
+def _cache_attributes(
+    defs: list[tuple[Function, ast.ClassDef | None]],
+    speaking: list[tuple[Function, ast.ClassDef | None]],
+    names: KvNames,
+    summary: Callable[[ast.AST], _Summary],
+) -> dict[str, frozenset[str]]:
+    """Class -> attributes of ``self`` that its methods only ever bind to a cache
+    (``self.buf = kv_cache`` in ``register``; ``self.buf[0]`` in ``save`` then splits it)."""
+    candidates = set()
+    for func, owner in speaking:
+        facts = summary(func)
+        if owner is not None and facts.bindings:
+            caches = facts.caches(names)
+            if any(v is not None and _is_cache(v, caches, names) for _, v in facts.bindings):
+                candidates.add(owner.name)
+    if not candidates:
+        return {}
+    votes: dict[tuple[str, str], bool] = {}
+    for func, owner in defs:
+        if owner is None or owner.name not in candidates:
+            continue
+        facts = summary(func)
+        caches = facts.caches(names) if facts.bindings else set()
+        for attr, value in facts.bindings:
+            if not _named(attr, names):
+                cache = value is not None and _is_cache(value, caches, names)
+                votes[(owner.name, attr)] = votes.get((owner.name, attr), True) and cache
+    out: dict[str, set[str]] = {}
+    for (owner_name, attr), only_caches in votes.items():
+        if only_caches:
+            out.setdefault(owner_name, set()).add(attr)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def _with_attributes(
+    found: CacheParams,
+    defs: list[tuple[Function, ast.ClassDef | None]],
+    attributes: dict[str, frozenset[str]],
+) -> CacheParams:
+    """Every method of a class also treats its cache attributes as caches."""
+    if not attributes:
+        return found
+    out = dict(found)
+    for func, owner in defs:
+        if owner is not None and owner.name in attributes:
+            key = (owner.name, func.name)
+            out[key] = tuple(sorted({*out.get(key, ()), *attributes[owner.name]}))
+    return out
 
 
 def _loop_element(target: ast.expr, iterable: ast.expr, names: KvNames) -> str | None:
