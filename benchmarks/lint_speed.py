@@ -52,6 +52,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-fixit", action="store_true")
     args = parser.parse_args()
+    if shutil.which("ruff") is None:  # the peer every ratio is measured against
+        raise SystemExit(
+            "lint_speed.py: ruff is not on PATH; install it (`pip install ruff`) or put a "
+            "virtual environment that has it first on PATH"
+        )
 
     source = vllm_tree(args.version)
     work = Path(tempfile.mkdtemp(prefix="kvguard-bench-"))

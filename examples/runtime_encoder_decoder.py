@@ -4,8 +4,8 @@
 Run: python examples/runtime_encoder_decoder.py
 The cross-attention layer is seen first, so its blocks-first split defines the page map;
 the decoder's K/V-first view then disagrees with it. strict raises before the decoder's
-write; fix re-strides the decoder's views its views and the output
-matches a correct run bit for bit.
+write; fix re-strides the decoder's views, and the output matches a correct run bit for
+bit.
 """
 
 import torch

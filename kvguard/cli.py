@@ -12,6 +12,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from kvguard import __version__
 from kvguard.interrupt import Interrupted, deferred, exit_if_stuck, handled
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     # A short-lived process that builds many syntax trees: the cyclic collector would
     # only rescan them (it costs about half of a cold run); memory is returned at exit.
     gc.disable()
+    from kvguard.output import OutputError
+
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `kvguard check | head`: the reader left
         return EXIT_ERROR
+    except OutputError as exc:  # -o or --svg: one line, never a traceback (exit 1 is "findings")
+        return _fail(str(exc))
 
 
 def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -167,7 +172,7 @@ def _warn(args: argparse.Namespace, message: str) -> None:
         print(f"kvguard: warning: {message}", file=sys.stderr)
 
 
-def _load_config(args: argparse.Namespace, first: str):  # type: ignore[no-untyped-def]
+def _load_config(args: argparse.Namespace, first: str, known: frozenset[str]):  # type: ignore[no-untyped-def]
     from kvguard.config import find_config, load_config
 
     path = args.config
@@ -176,7 +181,7 @@ def _load_config(args: argparse.Namespace, first: str):  # type: ignore[no-untyp
         if not start.exists():
             start = start.parent if start.parent.exists() else Path.cwd()
         path = find_config(start)
-    config = load_config(path)
+    config = load_config(path, known)
     if args.select is not None:
         config = replace(config, select=tuple(args.select))
     if args.extend_select:
@@ -190,6 +195,15 @@ def _load_config(args: argparse.Namespace, first: str):  # type: ignore[no-untyp
     return config
 
 
+def _unknown_selector(args: argparse.Namespace, known: frozenset[str]) -> str | None:
+    from kvguard.config import is_selector
+
+    for code in (*(args.select or ()), *(args.extend_select or ()), *(args.ignore or ())):
+        if not is_selector(code, known):
+            return f"unknown rule selector {code!r}; `kvguard rules` lists the codes"
+    return None
+
+
 def _stdin_request(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """(the name stdin is checked as, or None; a usage error, or None)."""
     paths = args.paths
@@ -197,6 +211,10 @@ def _stdin_request(args: argparse.Namespace) -> tuple[str | None, str | None]:
         if len(paths) > 1:
             return None, "`-` (stdin) cannot be combined with other paths"
         return args.stdin_filename or STDIN, None
+    if args.stdin_filename is not None:  # as ruff: the text on stdin wins over the paths
+        for path in paths:
+            _warn(args, f"ignoring file {path} in favor of standard input (--stdin-filename)")
+        return args.stdin_filename, None
     return None, None
 
 
@@ -212,20 +230,24 @@ def _check(args: argparse.Namespace) -> int:
     stdin_name, problem = _stdin_request(args)
     if problem:
         return _fail(problem)
+    if args.output_file is not None:  # before any work (or any --fix) is done
+        from kvguard.output import check_writable
+
+        check_writable(args.output_file)
     paths = [] if stdin_name is not None else (args.paths or ["."])
     first = first_path(paths, stdin_name)
     try:
-        config = _load_config(args, first)
         catalog = load_catalog()
+        config = _load_config(args, first, frozenset(catalog))
     except (ConfigError, CatalogError) as exc:
         return _fail(str(exc))
-    for code in (*config.select, *config.ignore):
-        if code != "ALL" and not any(c.startswith(code) for c in catalog):
-            return _fail(f"unknown rule selector {code!r}; `kvguard rules` lists the codes")
+    problem = _unknown_selector(args, frozenset(catalog))  # the file's were checked on load
+    if problem:
+        return _fail(problem)
     if args.jobs is not None and args.jobs < 1:
         return _fail("--jobs must be at least 1")
-    if stdin_name is not None and args.diff:
-        return _fail("--diff reads files; with stdin, use --fix to print the fixed source")
+    if args.show_fixes and not (args.fix or args.diff):
+        _warn(args, "--show-fixes lists what --fix or --diff fixes; add one of them")
     stdin = None
     if stdin_name is not None:
         stdin, problem = _read_stdin(stdin_name)
@@ -264,13 +286,25 @@ def _check(args: argparse.Namespace) -> int:
             progress.close()  # type: ignore[attr-defined]
     if not result.files and not result.errors and not _textual(args):
         _warn(args, "no Python files found under the given paths")  # text says it itself
-    if stdin is not None and args.fix:
+    _hint_unseen_bases(args, result)
+    if stdin is not None and (args.fix or args.diff):
         return _fix_stdin(args, result, config, rules, catalog, color, stdin)
     if args.fix or args.diff:
         return _fix(args, result, config, rules, catalog, color)
 
     _emit(_render(result, args, catalog, color), args, color and _textual(args))
     return _exit_code(args, result, changed=False)
+
+
+def _hint_unseen_bases(args: argparse.Namespace, result) -> None:  # type: ignore[no-untyped-def]
+    """Once per run: a backend's base that no project root let the index see."""
+    if args.quiet or args.silent:
+        return
+    from kvguard.hints import unseen_bases_hint
+
+    hint = unseen_bases_hint(result.index, result.root)
+    if hint:
+        print(f"kvguard: hint: {hint}", file=sys.stderr)
 
 
 def _textual(args: argparse.Namespace) -> bool:
@@ -303,7 +337,7 @@ def _report_stdin_error(args: argparse.Namespace, name: str, exc) -> int:  # typ
     from kvguard.catalog import load_catalog
     from kvguard.engine import Result
 
-    result = Result(errors=[exc.error(name)], files=1)
+    result = Result(errors=[exc.error(name)], files=0)  # not checked: it is no Python text
     _emit(_render(result, args, load_catalog(), False), args, False)
     return EXIT_ERROR
 
@@ -352,7 +386,7 @@ def _fix(args, result, config, rules, catalog, color) -> int:  # type: ignore[no
     verb = "Would fix" if args.diff else "Fixed"
     n, m = outcome.fixed, len(remaining.findings)
     line = f"{verb} {n} finding{'s' if n != 1 else ''} ({m} remaining)."
-    shown = _fixes_listing(outcome.files, catalog, verb) if args.show_fixes else ""
+    shown = _shown_fixes(args, outcome.files, catalog, verb)
     if args.diff:
         diff = outcome.diff()
         if diff and not args.silent:
@@ -395,13 +429,24 @@ def _fixes_listing(files, catalog, verb: str) -> str:  # type: ignore[no-untyped
             lines.append(f"    {count} \u00d7 {code} ({name})")
             total += count
     if not lines:
-        return f"No findings {'would be ' if verb == 'Would fix' else ''}fixed."
+        return ""
     return "\n".join([f"{verb} {total} finding{'s' if total != 1 else ''}:", *lines])
+
+
+def _shown_fixes(args: argparse.Namespace, files, catalog, verb: str) -> str:  # type: ignore[no-untyped-def]
+    """The --show-fixes listing. Nothing fixed: the count line says so in one line, and
+    only under --quiet (which drops that line) does the listing say it instead."""
+    if not args.show_fixes:
+        return ""
+    listing = _fixes_listing(files, catalog, verb)
+    if listing or not args.quiet:
+        return listing
+    return f"No findings {'would be ' if verb == 'Would fix' else ''}fixed."
 
 
 def _fix_stdin(args, result, config, rules, catalog, color, stdin) -> int:  # type: ignore[no-untyped-def]
     """--fix on stdin (what editors ask for): the fixed source on stdout, what remains on
-    stderr, as ruff does."""
+    stderr, as ruff does. --diff (what review bots ask for): the diff instead."""
     from dataclasses import replace as with_changes
 
     from kvguard.engine import lint_source
@@ -427,6 +472,8 @@ def _fix_stdin(args, result, config, rules, catalog, color, stdin) -> int:  # ty
             fixed = len(result.findings) - len(after)
             remaining = with_changes(result, findings=after)
             text = new_text
+    if args.diff:
+        return _diff_stdin(args, stdin, text, result, with_changes(remaining, fixed=fixed), catalog)
     sys.stdout.write(text)
     sys.stdout.flush()
     remaining = with_changes(remaining, fixed=fixed)
@@ -436,11 +483,38 @@ def _fix_stdin(args, result, config, rules, catalog, color, stdin) -> int:  # ty
     return _exit_code(args, remaining, changed=fixed > 0)
 
 
+def _diff_stdin(args, stdin, new_text: str, before, remaining, catalog) -> int:  # type: ignore[no-untyped-def]
+    """--diff on stdin: the fixes as a diff of the stdin name on stdout, written nowhere;
+    what remains on stderr; exit 1 when there is a diff, as for files."""
+    from kvguard.fix.apply import FileFix
+    from kvguard.fix.source import SourceText
+
+    source = SourceText(data=b"", text=stdin.text, newline="\n", bom=False, encoding="utf-8")
+    file_fix = FileFix(stdin.name, source, new_text, before.findings, remaining.findings)
+    diff = file_fix.diff() if new_text != stdin.text else ""
+    if not args.silent:
+        sys.stdout.write(diff)
+        sys.stdout.flush()
+        for error in remaining.errors:
+            print(f"{error.located()}: error: {error.message}", file=sys.stderr)
+        shown = _shown_fixes(args, [file_fix] if diff else [], catalog, "Would fix")
+        if shown:
+            print(shown, file=sys.stderr)
+        if not args.quiet:
+            n, m = remaining.fixed, len(remaining.findings)
+            print(f"Would fix {n} finding{'s' if n != 1 else ''} ({m} remaining).", file=sys.stderr)
+    if remaining.errors:
+        return EXIT_ERROR
+    return EXIT_FINDINGS if diff else EXIT_CLEAN
+
+
 def _emit(text: str, args: argparse.Namespace, color: bool) -> None:
     output: Path | None = args.output_file
     if output is not None:  # a report asked for, even with --silent
+        from kvguard.output import write_text
+
         with deferred():  # a signal does not cut the report in half
-            output.write_text(text + "\n" if text else "", encoding="utf-8")
+            write_text(output, text + "\n" if text else "")
     elif args.silent:
         return
     elif color:
@@ -506,6 +580,15 @@ def _rules(fmt: str) -> int:
     return EXIT_CLEAN
 
 
+def _write_svg(merged: dict[str, Any], path: Path) -> None:
+    """--svg: the drawing (a .html name: a page), written whole or not at all."""
+    from kvguard.output import write_atomically
+    from kvguard.runtime.svg import write_drawing
+
+    with deferred():  # a signal does not cut the drawing in half either
+        write_atomically(path, lambda name: write_drawing(merged["processes"], name))
+
+
 def _report(args: argparse.Namespace) -> int:
     """Exit 0 when no process saw a violation, 1 when one did, 2 for unreadable input."""
     from kvguard.runtime.merge import ReportError, load_reports, merge
@@ -514,6 +597,10 @@ def _report(args: argparse.Namespace) -> int:
         merged = merge(load_reports(args.directory))
     except ReportError as exc:
         return _fail(str(exc))
+    if args.svg is not None:
+        from kvguard.output import check_writable
+
+        check_writable(args.svg)  # before anything is printed
     if args.format == "json":
         import json
 
@@ -521,7 +608,9 @@ def _report(args: argparse.Namespace) -> int:
     else:
         from kvguard.runtime.merge import show
 
-        show(merged, args.svg)
+        show(merged)
+    if args.svg is not None:
+        _write_svg(merged, args.svg)
     totals = merged["totals"]
     return (
         EXIT_FINDINGS if totals["violations"] or totals["connector_load_mismatches"] else EXIT_CLEAN

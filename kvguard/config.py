@@ -191,7 +191,30 @@ def find_config(start: Path) -> Path | None:
     return None
 
 
-def load_config(path: Path | None) -> Config:
+_SELECTOR_KEYS = ("select", "extend-select", "ignore")
+
+
+def is_selector(code: str, known: frozenset[str]) -> bool:
+    """Whether ``code`` is ``ALL`` or a prefix of a known rule code."""
+    return code == "ALL" or any(c.startswith(code) for c in known)
+
+
+def _check_selectors(table: dict[str, object], where: str, known: frozenset[str]) -> None:
+    """An unknown code in the file is named with the file and key, as other errors are."""
+    named = [(f"'{key}'", code) for key in _SELECTOR_KEYS for code in table.get(key, ())]  # type: ignore[attr-defined]
+    pfi = table.get("per-file-ignores", {})
+    named += [(f"'per-file-ignores' {k!r}", c) for k, codes in pfi.items() for c in codes]  # type: ignore[attr-defined]
+    for key, code in named:
+        if not is_selector(code, known):
+            raise ConfigError(
+                f"{where}: {key} names unknown rule selector {code!r}; "
+                "`kvguard rules` lists the codes"
+            )
+
+
+def load_config(path: Path | None, known: frozenset[str] | None = None) -> Config:
+    """The settings in ``path`` (defaults without one). With ``known`` (the catalog's
+    codes), every rule selector the file names must match one of them."""
     if path is None:
         return Config()
     try:
@@ -225,4 +248,6 @@ def load_config(path: Path | None) -> Config:
         if not isinstance(pfi, dict):
             raise ConfigError(f"{where}: 'per-file-ignores' must be a table of glob = [codes]")
         config = replace(config, per_file_ignores=tuple((k, _strings(pfi, k, where)) for k in pfi))
+    if known is not None:
+        _check_selectors(table, where, known)
     return config

@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import os
 import pickle
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -59,7 +60,9 @@ if TYPE_CHECKING:
     from kvguard.lint.checker import FileModel
     from kvguard.lint.registry import Report
 
-CACHE_VERSION = f"{__version__}-8"  # 8: parameters that calls fill with a cache (Unit.cache_params)
+# 9: upper-case suppressions, syntax-error wording; 8: parameters that calls fill with a
+# cache (Unit.cache_params)
+CACHE_VERSION = f"{__version__}-9"
 _ABORT_JOIN_S = 2.0  # how long a terminated worker may take to exit before it is killed
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 REPORT_HINT = f"this is a bug in kvguard {__version__}; please report it with this file"
@@ -72,7 +75,7 @@ T = TypeVar("T")
 class Result:
     findings: list[Finding] = field(default_factory=list)  # reported
     errors: list[FileError] = field(default_factory=list)
-    files: int = 0  # files checked (the given paths)
+    files: int = 0  # files checked (the given paths), those that could not be analyzed excluded
     parsed: int = 0  # files that libcst parsed this run
     index: ProjectIndex | None = None  # the project index the rules used (for --fix)
     fixed: int | None = None  # findings that --fix fixed (--diff: would fix); None: no fixing
@@ -122,6 +125,13 @@ def kv_names(config: Config) -> KvNames:
 # -- stage 3: scan ----------------------------------------------------------------------
 
 
+# Valid for which Python: the grammar is the running interpreter's (3.12 syntax on 3.11 fails).
+NOT_VALID_HERE = (
+    f"not valid Python {sys.version_info.major}.{sys.version_info.minor} "
+    "(the interpreter kvguard runs on)"
+)
+
+
 def scan_source(text: str, display: str, names: KvNames, deep: bool = False) -> FileFacts:
     """The prefilter and the ``ast`` pass for one file. Raises SourceError for input that
     is not valid Python, RecursionError for nesting too deep for this thread (``deep``:
@@ -132,7 +142,7 @@ def scan_source(text: str, display: str, names: KvNames, deep: bool = False) -> 
         tree = ast.parse(text, filename=display)
     except SyntaxError as exc:
         raise SourceError(
-            f"syntax error: {exc.msg}; kvguard analyzes only valid Python",
+            f"syntax error: {exc.msg}; {NOT_VALID_HERE}",
             exc.lineno or 0,
             exc.offset or 0,
         ) from None
@@ -870,6 +880,7 @@ def _collect(run: _Run, index: ProjectIndex) -> Result:
             result.errors.append(
                 error if error.path == source.display else replace(error, path=source.display)
             )
+            result.files -= 1  # not checked: counted once, as a path that could not be analyzed
             continue
         display = source.display
         for finding in entry.findings or ():

@@ -155,7 +155,7 @@ def _walk(
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
             if report:
-                yield directory, f"cannot list directory: {exc.strerror or exc}", ""
+                yield directory, _unlistable(exc), ""
             continue
         subdirs = []
         for entry in entries:
@@ -269,6 +269,15 @@ def decode_source(data: bytes) -> str:
     except (UnicodeError, LookupError, ValueError) as exc:  # a codec that fails otherwise
         raise SourceError(f"cannot decode as {encoding}: {exc}") from None
     return text.removeprefix("\ufeff")
+
+
+def _unlistable(exc: OSError) -> str:
+    """One line, worded as the file errors are: what failed, why, and the way out."""
+    if isinstance(exc, PermissionError):
+        why = "permission denied; make it readable or exclude it"
+    else:
+        why = f"{(exc.strerror or str(exc)).lower()}; exclude it if it cannot be read"
+    return f"cannot list directory: {why}"
 
 
 def read_bytes(path: str) -> bytes:

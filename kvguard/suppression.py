@@ -22,11 +22,21 @@ from kvguard.lint.spans import source_lines
 if TYPE_CHECKING:
     from kvguard.config import Config
 
+# The pragma is written `kvguard` or `KVGUARD` (ruff takes its noqa in either case); the
+# rest of it, codes included, in any case. Only those two spellings of the name are looked
+# for, so the text search that skips files without a pragma stays two exact searches.
+_NAME = "(?:kvguard|KVGUARD)"
 _LINE = re.compile(
-    r"#\s*kvguard:\s*ignore(?![-\w])(?:\[\s*(?P<codes>[^\]]*)\])?"
+    rf"#\s*{_NAME}:\s*(?i:ignore)(?![-\w])(?:\[\s*(?P<codes>[^\]]*)\])?"
     r"\s*(?::|--?|\u2014)?\s*(?P<reason>.*)$"
 )
-_FILE = re.compile(r"^[ \t]*#\s*kvguard:\s*ignore-file\b", re.MULTILINE)
+_FILE = re.compile(rf"^[ \t]*#\s*{_NAME}:\s*(?i:ignore-file)\b", re.MULTILINE)
+
+
+def _mentions(text: str) -> bool:
+    return "kvguard" in text or "KVGUARD" in text
+
+
 _CODE_SPLIT = re.compile(r"[\s,]+")
 
 
@@ -58,7 +68,7 @@ def _comments(text: str, last_line: int) -> dict[int, tuple[int, str]] | None:
 
 
 def ignores_file(text: str) -> bool:
-    if "kvguard" not in text:
+    if not _mentions(text):
         return False
     matches = list(_FILE.finditer(text))
     if not matches:
@@ -72,11 +82,11 @@ def ignores_file(text: str) -> bool:
 
 def pragmas(text: str) -> dict[int, Pragma]:
     """The ``# kvguard: ignore`` comments of a file, by 1-based line."""
-    if "kvguard" not in text:
+    if not _mentions(text):
         return {}
     found: dict[int, str] = {}
     for number, line in enumerate(source_lines(text), start=1):
-        if "kvguard" in line and _LINE.search(line):
+        if _mentions(line) and _LINE.search(line):
             found[number] = line
     if not found:
         return {}

@@ -58,6 +58,9 @@ class SplitSite:
     function: str | None
     in_splitter: bool
     targets: tuple[str, ...]
+    # what the function's instance is called (its first positional parameter); None for a
+    # static or class method or a function without one. Only messages read it.
+    instance: str | None = None
 
 
 @dataclass
@@ -605,6 +608,17 @@ def _params(node: cst.FunctionDef) -> list[str]:
     return [p.name.value for p in _all_params(node)]
 
 
+def _instance_param(node: cst.FunctionDef) -> str | None:
+    """The first positional parameter, unless a static or class method has none to offer."""
+    for decorator in node.decorators:
+        expr = decorator.decorator
+        name = expr.attr.value if isinstance(expr, cst.Attribute) else getattr(expr, "value", "")
+        if name in ("staticmethod", "classmethod"):
+            return None
+    positional = [*node.params.posonly_params, *node.params.params]
+    return positional[0].name.value if positional else None
+
+
 def _annotations(node: cst.FunctionDef) -> dict[str, cst.BaseExpression]:
     return {
         p.name.value: p.annotation.annotation for p in _all_params(node) if p.annotation is not None
@@ -629,11 +643,12 @@ class _Walker(cst.CSTVisitor):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         owner = self.class_stack[-1].name.value if self.class_stack else None
-        self.model.sites.extend(
-            self.collector.unit(
-                node.body, owner, node.name.value, _params(node), _annotations(node)
-            )
+        sites = self.collector.unit(
+            node.body, owner, node.name.value, _params(node), _annotations(node)
         )
+        for site in sites:
+            site.instance = _instance_param(node)
+        self.model.sites.extend(sites)
         return False  # nested functions belong to this unit
 
 
@@ -680,6 +695,8 @@ def collect_units(
             sites = collector.unit(
                 node.body, unit.class_name, node.name.value, _params(node), _annotations(node)
             )
+            for site in sites:
+                site.instance = _instance_param(node)
         snippets.claim(site.split.node for site in sites)
         model.sites.extend(sites)
     return model

@@ -262,7 +262,7 @@ class FilePlan:
             shape = RUNTIME_LAYOUTS[route.layout][0]
             fixes[key] = FixInfo(
                 UNSAFE,
-                f"use `{call}`{'' if route.piece is None else f'[{route.piece}]'}: the same "
+                f"use `{call}{'' if route.piece is None else f'[{route.piece}]'}`: the same "
                 f"views for a {route.layout} {shape} cache; unsafe because it raises "
                 "ValueError on a cache of another shape"
                 + (", TypeError on a (key, value) tuple or list" if route.op.sequence else "")
@@ -357,6 +357,18 @@ def _declared(index: ProjectIndex, name: str, path: str) -> tuple[list[Shape] | 
     return shapes, f"{described}, as {backend.name} declares"
 
 
+def _no_self(op: SiteOp) -> str:
+    """Why a site's function cannot call ``self.<splitter>``, in its own terms."""
+    where = f"`{op.op}` sits in {op.site.function or 'the class body'}"
+    instance = op.site.instance
+    if instance is None or instance == "self":  # no instance, or a method kvguard does not
+        return f"{where}, which has no `self` to call a splitter method on"  # count as one
+    return (
+        f"{where}, whose first parameter is `{instance}`, not `self`; the fixer routes splits "
+        "only through `self`"
+    )
+
+
 def _plan_class(name: str, ops: list[SiteOp], index: ProjectIndex, path: str) -> ClassPlan:
     plan = ClassPlan(name=name, ops=ops)
     plan.methods = tuple(dict.fromkeys(str(op.site.function) for op in ops))
@@ -369,10 +381,7 @@ def _plan_class(name: str, ops: list[SiteOp], index: ProjectIndex, path: str) ->
         return plan
     for op in ops:
         if op.site.function not in facts.instance_methods:
-            plan.reason = (
-                f"`{op.op}` sits in {op.site.function or 'the class body'}, which has no "
-                "`self` to call a splitter method on"
-            )
+            plan.reason = _no_self(op)
             return plan
         if op.free:
             plan.reason = (

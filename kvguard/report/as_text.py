@@ -70,7 +70,8 @@ def render(result: Result, catalog: dict[str, Rule], options: TextOptions) -> st
         return escape(text)
 
     out: list[str] = []
-    for f in result.findings:
+    # --statistics: the table instead of the findings, as ruff prints it
+    for f in () if options.statistics else result.findings:
         tag = {"error": "bold red", "warning": "yellow", "advice": "cyan"}.get(f.severity, "red")
         marker = plain("[*] ") if _fixable(f, options.unsafe) else ""
         out.append(
@@ -96,7 +97,7 @@ def render(result: Result, catalog: dict[str, Rule], options: TextOptions) -> st
         return "\n".join(out).rstrip("\n")
     if options.statistics and result.findings:
         counts = Counter(f.code for f in result.findings)
-        if out and out[-1] != "":
+        if out and out[-1] != "":  # after warnings or errors
             out.append("")
         for code, count in counts.most_common():
             name = catalog[code].name if code in catalog else ""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 # A function with one raw K/V split on line 2, column 30 (`kv_cache.unbind(1)`, 18 chars).
@@ -69,3 +71,16 @@ def tree_state(root: Path) -> dict[str, tuple[str, int]]:
                 path.lstat().st_mtime_ns,
             )
     return state
+
+
+def check_stdin(env: dict[str, str], cwd: Path, data: bytes | str, *args: str):  # type: ignore[no-untyped-def]
+    """``python -m kvguard check ARGS`` with ``data`` on stdin (text in, text out for str)."""
+    return subprocess.run(
+        [sys.executable, "-m", "kvguard", "check", *args],
+        cwd=cwd,
+        env=env,
+        input=data,
+        capture_output=True,
+        text=isinstance(data, str),
+        timeout=120,
+    )

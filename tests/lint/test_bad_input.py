@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,8 @@ def test_syntax_error_explicit_path(kvguard, tree: Path) -> None:
     write(tree, "syntax.py", "kv_cache = 1\ndef f(:\n    pass\n")
     line = _check_reports(kvguard, tree, "syntax.py", (), args=("bad.py", "syntax.py"))
     assert line == (
-        "syntax.py:2:7: error: syntax error: invalid syntax; kvguard analyzes only valid Python"
+        "syntax.py:2:7: error: syntax error: invalid syntax; not valid Python "
+        f"{sys.version_info.major}.{sys.version_info.minor} (the interpreter kvguard runs on)"
     )
 
 

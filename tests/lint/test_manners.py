@@ -7,26 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from kvg_helpers import BAD_SOURCE, GOOD_SOURCE, SCATTERED_SOURCE, locations, write
+from kvg_helpers import BAD_SOURCE, GOOD_SOURCE, SCATTERED_SOURCE, check_stdin, locations, write
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "backends"
 
 
-def _stdin(kvguard_env, cwd: Path, data: bytes, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kvguard", "check", *args],
-        cwd=cwd,
-        env=kvguard_env,
-        input=data,
-        capture_output=True,
-        timeout=120,
-    )
+_stdin = check_stdin
 
 
 # -- stdin ------------------------------------------------------------------------------
