@@ -14,6 +14,7 @@ import inspect
 import itertools
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from .layouts import match_layout
 from .pagemap import PageMap
 from .records import LayerRecord, ViewRecord, Violation
 from .restride import solve_restride
+from .wrapper import PASS, SLOW, SWAP, guarded_method, positional_index
 
 logger = logging.getLogger("kvguard")
 
@@ -185,7 +187,7 @@ class Guard:
                     f"(mode {owner.mode}); use that guard, or call its unwrap("
                     f"{cls.__name__}) first"
                 )
-            setattr(cls, name, self._wrap_method(fn, params))
+            setattr(cls, name, self._wrap_method(fn))
         return cls
 
     def unwrap(self, cls: type) -> type:
@@ -293,51 +295,37 @@ class Guard:
             }
 
     # The wrapper: steady state is one dict lookup --------------------------------------
-    def _wrap_method(self, fn, params: list[str]):
-        layer_pos, kv_pos = params.index("layer"), params.index("kv_cache")
+    def _wrap_method(self, fn):
+        kv_pos = positional_index(fn, "kv_cache")
+        if kv_pos is None:  # keyword-only: `_with_kv_cache` finds it in kwargs
+            kv_pos = sys.maxsize
         # Engines pass the same kv_cache object every step: its identity (a weakref, so the
         # cache can still be freed) and the layer's stand for the metadata key.
         fast: dict[int, tuple] = {}
         self._fast_tables.append(fast)
-        is_compiling = torch.compiler.is_compiling
         method = id(fn)  # each method may split differently (forward vs cache update)
-        name = fn.__name__
-
-        @functools.wraps(fn)
-        def guarded(impl, *args, **kwargs):
-            if is_compiling():  # traced directly by dynamo: step aside (see module docs)
-                return fn(impl, *args, **kwargs)
-            kv = args[kv_pos] if len(args) > kv_pos else kwargs.get("kv_cache")
-            layer = args[layer_pos] if len(args) > layer_pos else kwargs.get("layer")
-            hit = fast.get(id(impl))
-            if hit is None or hit[0]() is not kv or hit[1] != id(layer):
-                return self._seat(fn, name, method, fast, impl, layer, kv, kv_pos, args, kwargs)
-            action = hit[2]
-            if action == _PASS:
-                return fn(impl, *args, **kwargs)
-            if action == _RESTRIDE and len(args) > kv_pos:
-                fixed = hit[3].fixed_ref()
-                if fixed is not None:
-                    args = list(args)
-                    args[kv_pos] = fixed
-                    return fn(impl, *args, **kwargs)
-            return self._act(fn, name, hit[3], hit[4], impl, layer, kv, kv_pos, args, kwargs)
-
+        guarded = guarded_method(
+            fn,
+            fast,
+            functools.partial(self._seat, fn, fn.__name__, method, fast, kv_pos),
+            functools.partial(self._act, fn, fn.__name__, kv_pos),
+        )
         self._stop_codes = self._stop_codes | {guarded.__code__}
         guarded.__kvguard_guard__ = self
         return guarded
 
-    def _seat(self, fn, name, method, fast, impl, layer, kv, kv_pos, args, kwargs):
+    def _seat(self, fn, name, method, fast, kv_pos, impl, layer, kv, args, kwargs):
         """The slow path: a cache object not seen at this seat since the last change."""
         if not isinstance(kv, torch.Tensor):
             return fn(impl, *args, **kwargs)
         key = (method, id(impl), id(layer), kv.data_ptr(), kv.shape, kv.stride(), kv.dtype)
         entry = self._cache.get(key, _PENDING_ENTRY)
+        how = {_PASS: PASS, _RESTRIDE: SWAP}.get(entry.action, SLOW)
         with contextlib.suppress(TypeError):  # a tensor without weak references: no fast path
-            fast[id(impl)] = (weakref.ref(kv), id(layer), entry.action, entry, key)
-        return self._act(fn, name, entry, key, impl, layer, kv, kv_pos, args, kwargs)
+            fast[id(impl)] = (weakref.ref(kv), id(layer), how, entry, key)
+        return self._act(fn, name, kv_pos, entry, key, impl, layer, kv, args, kwargs)
 
-    def _act(self, fn, name, entry: _Entry, key, impl, layer, kv, kv_pos, args, kwargs):
+    def _act(self, fn, name, kv_pos, entry: _Entry, key, impl, layer, kv, args, kwargs):
         action = entry.action
         if action == _PASS:
             return fn(impl, *args, **kwargs)
