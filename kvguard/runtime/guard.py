@@ -381,6 +381,11 @@ class Guard:
             with recorder:
                 result = fn(impl, *args, **kwargs)
         except _Restart:
+            # The recorder keeps the error it raised; for this one that is a cycle (error ->
+            # traceback -> frames -> recorder) holding every frame of the caller's stack until
+            # the cyclic GC runs, which may be inside a CUDA graph capture, where freeing a
+            # captured graph that a caller's frame held invalidates the capture.
+            recorder.error = None
             result = None
         finally:
             self._local.active = False
