@@ -10,6 +10,12 @@ attention (3 guarded calls). Before the first step every layer gets vLLM-like wa
 dummy run per capture size (no metadata: the impls return early), each between captured
 graph pieces. Targets: <= 1.03 eager, <= 1.001 graph-replayed.
 
+Each guarded mode has an unguarded peer running the very same impls: warn's is bare; fix's is
+"bare broken" (the broken impls, unguarded: wrong output, same host work), since the broken
+split is cheaper than the correct one and fix / bare would credit the guard with that
+difference. "passthrough" wraps the same methods in an empty `(self, *args, **kwargs)`
+wrapper: what one more Python frame per call costs between Triton launches on this host.
+
     python -m tests.gpu.vllm_kernels        # once, here: fills the git-ignored .vllm-src/
     PYTHONPATH=. python benchmarks/gpu/triton_guard_overhead.py --json out.json
 """
@@ -17,6 +23,7 @@ graph pieces. Targets: <= 1.03 eager, <= 1.001 graph-replayed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import statistics
@@ -27,21 +34,43 @@ import torch
 from kvguard.runtime import Guard
 from tests.gpu.harness import decode_sizes, encoder_decoder, impl_classes, new_raw, rel_error
 
-MODES = ("bare", "warn", "fix", "bare again")
+# mode -> (what wraps the impls, correct configuration?)
+MODES = {
+    "bare": (None, True),
+    "warn": ("warn", True),
+    "bare broken": (None, False),
+    "fix": ("fix", False),
+    "passthrough": ("passthrough", True),
+    "bare again": (None, True),
+}
+PEER = {"fix": "bare broken"}  # the unguarded run of the same impls; "bare" for the rest
 WARM_UP_SIZES = 67  # vLLM's default number of CUDA-graph capture sizes
 logging.getLogger("kvguard").setLevel(logging.ERROR)
 
 
+def passthrough(cls: type) -> None:
+    """Wrap the methods the guard would wrap in an empty generic wrapper."""
+    for name in ("do_kv_cache_update", "forward"):
+        fn = getattr(cls, name)
+
+        def wrapper(self, *args, _fn=fn, **kwargs):
+            return _fn(self, *args, **kwargs)
+
+        setattr(cls, name, functools.wraps(fn)(wrapper))
+
+
 class Model:
-    def __init__(self, mode: str, sizes, raws: list[torch.Tensor]) -> None:
+    def __init__(self, wrap: str | None, correct: bool, sizes, raws: list[torch.Tensor]) -> None:
         classes = impl_classes()
-        self.guard = Guard(mode) if mode in ("warn", "fix") else None
-        if self.guard:
-            for cls in classes.values():
+        self.guard = Guard(wrap) if wrap in ("warn", "fix") else None
+        for cls in classes.values():
+            if self.guard:
                 self.guard.wrap(cls)
+            elif wrap == "passthrough":
+                passthrough(cls)
         self.seats, self.views = [], []
         for i, raw in enumerate(raws):
-            seats, _ = encoder_decoder(classes, sizes, correct=mode != "fix", seed=i, raw=raw)
+            seats, _ = encoder_decoder(classes, sizes, correct=correct, seed=i, raw=raw)
             self.seats += seats
             self.views += [s.make_view(raw) for s in seats]
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -90,7 +119,8 @@ def time_steps(models: dict[str, Model], run, iterations: int):
     iteration in rotating order, so that drift of clocks and host load falls on all modes.
 
     Returns, per mode, the median step time (ms) and the median of the paired per-iteration
-    ratios against "bare" (host: paired differences in us), which cancel slow drift."""
+    ratios against "bare" and against the mode's own peer (host: paired differences in us,
+    against the peer), which cancel slow drift."""
     order = list(models)
     events = {m: [] for m in order}
     host = {m: [] for m in order}
@@ -113,9 +143,14 @@ def time_steps(models: dict[str, Model], run, iterations: int):
         "ratio": {
             m: med(a / b for a, b in zip(device[m], device["bare"], strict=True)) for m in order
         },
+        "ratio_vs_peer": {
+            m: med(a / b for a, b in zip(device[m], device[PEER.get(m, "bare")], strict=True))
+            for m in order
+        },
         "host_us": {m: med(host[m]) for m in order},
         "host_extra_us": {
-            m: med(a - b for a, b in zip(host[m], host["bare"], strict=True)) for m in order
+            m: med(a - b for a, b in zip(host[m], host[PEER.get(m, "bare")], strict=True))
+            for m in order
         },
     }
 
@@ -124,8 +159,8 @@ def bench_batch(batch: int, layers: int, iterations: int) -> dict:
     sizes = decode_sizes(batch)
     raws = [new_raw(sizes) for _ in range(layers)]
     models = {}
-    for mode in MODES:
-        models[mode] = Model(mode.split()[0], sizes, raws)
+    for mode, (wrap, correct) in MODES.items():
+        models[mode] = Model(wrap, correct, sizes, raws)
         if mode == "bare":
             models[mode].write_history()
         models[mode].drop_history()
@@ -157,7 +192,8 @@ def bench_batch(batch: int, layers: int, iterations: int) -> dict:
         "eager": eager,
         "graph": graph,
         "guard_host_us_per_call": {
-            m: eager["host_extra_us"][m] / calls for m in ("warn", "fix", "bare again")
+            m: eager["host_extra_us"][m] / calls
+            for m in ("warn", "fix", "passthrough", "bare again")
         },
         "warm_up_host_us_per_call": warm_up_us,
         # every layer's forward (cross-attention writes its cache only at prefill, which
@@ -172,18 +208,23 @@ def bench_batch(batch: int, layers: int, iterations: int) -> dict:
 
 def print_table(results: list[dict]) -> None:
     print(f"\ndevice: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print("median step time of bare; median paired ratios (bare again/bare is the noise floor)")
+    print("median step time of bare; median paired ratios (bare again/bare is the noise floor;")
+    print("fix/peer is fix against the same broken impls unguarded); host us per guarded call")
+    print("against each mode's peer (eager)")
     print(
-        "batch  path    bare ms  warn/bare  fix/bare  bare-again/bare  guard host us/call warn fix"
+        "batch  path    bare ms  warn/bare  fix/bare  fix/peer  passthru/bare  again/bare"
+        "   host us/call: warn   fix  passthru"
     )
     for r in results:
         for path in ("eager", "graph"):
-            t, q = r[path]["ms"], r[path]["ratio"]
+            t, q, p = r[path]["ms"], r[path]["ratio"], r[path]["ratio_vs_peer"]
             us = r["guard_host_us_per_call"]
-            extra = f"  {us['warn']:14.2f} {us['fix']:5.2f}" if path == "eager" else ""
+            extra = ""
+            if path == "eager":
+                extra = f"  {us['warn']:19.2f} {us['fix']:5.2f} {us['passthrough']:9.2f}"
             print(
                 f"{r['batch']:5d}  {path:6s} {t['bare']:7.3f}  {q['warn']:9.4f}  {q['fix']:8.4f}  "
-                f"{q['bare again']:15.4f}{extra}"
+                f"{p['fix']:8.4f}  {q['passthrough']:13.4f}  {q['bare again']:10.4f}{extra}"
             )
     for r in results:
         w = r["warm_up_host_us_per_call"]

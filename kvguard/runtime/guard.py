@@ -31,6 +31,7 @@ from .pagemap import PageMap
 from .records import LayerRecord, ViewRecord, Violation
 from .restride import solve_restride
 from .seats import Seat, seats
+from .wrapper import PASS, SLOW, SWAP, guarded_method
 
 logger = logging.getLogger("kvguard")
 
@@ -335,52 +336,37 @@ class Guard:
 
     # The wrapper: steady state is one dict lookup --------------------------------------
     def _wrap_method(self, seat: Seat):
-        fn, layer_pos, kv_pos = seat.fn, seat.layer_pos, seat.kv_pos
-        kv_key, layer_key = seat.kv_param, seat.layer_param
-        self._kv_params[id(fn)] = kv_key
+        fn, kv_pos = seat.fn, seat.kv_pos
+        self._kv_params[id(fn)] = seat.kv_param
         # Engines pass the same kv_cache object every step: its identity (a weakref, so the
         # cache can still be freed) and the layer's stand for the metadata key.
         fast: dict[int, tuple] = {}
         self._fast_tables.append(fast)
-        is_compiling = torch.compiler.is_compiling
         method = id(fn)  # each method may split differently (forward vs cache update)
-        name = fn.__name__
-
-        @functools.wraps(fn)
-        def guarded(impl, *args, **kwargs):
-            if is_compiling():  # traced directly by dynamo: step aside (see module docs)
-                return fn(impl, *args, **kwargs)
-            kv = args[kv_pos] if len(args) > kv_pos else kwargs.get(kv_key)
-            layer = args[layer_pos] if len(args) > layer_pos else kwargs.get(layer_key)
-            hit = fast.get(id(impl))
-            if hit is None or hit[0]() is not kv or hit[1] != id(layer):
-                return self._seat(fn, name, method, fast, impl, layer, kv, kv_pos, args, kwargs)
-            action = hit[2]
-            if action == _PASS:
-                return fn(impl, *args, **kwargs)
-            if action == _RESTRIDE and len(args) > kv_pos:
-                fixed = hit[3].fixed_ref()
-                if fixed is not None:
-                    args = list(args)
-                    args[kv_pos] = fixed
-                    return fn(impl, *args, **kwargs)
-            return self._act(fn, name, hit[3], hit[4], impl, layer, kv, kv_pos, args, kwargs)
-
+        guarded = guarded_method(
+            fn,
+            fast,
+            functools.partial(self._seat, fn, fn.__name__, method, fast, kv_pos),
+            functools.partial(self._act, fn, fn.__name__, kv_pos),
+            kv_param=seat.kv_param,
+            layer_param=seat.layer_param,
+        )
         self._stop_codes = self._stop_codes | {guarded.__code__}
         guarded.__kvguard_guard__ = self
         return guarded
 
-    def _seat(self, fn, name, method, fast, impl, layer, kv, kv_pos, args, kwargs):
+    def _seat(self, fn, name, method, fast, kv_pos, impl, layer, kv, args, kwargs):
         """The slow path: a cache object not seen at this seat since the last change."""
         if not isinstance(kv, torch.Tensor):
             return fn(impl, *args, **kwargs)
         key = (method, id(impl), id(layer), kv.data_ptr(), kv.shape, kv.stride(), kv.dtype)
         entry = self._cache.get(key, _PENDING_ENTRY)
+        how = {_PASS: PASS, _RESTRIDE: SWAP}.get(entry.action, SLOW)
         with contextlib.suppress(TypeError):  # a tensor without weak references: no fast path
-            fast[id(impl)] = (weakref.ref(kv), id(layer), entry.action, entry, key)
-        return self._act(fn, name, entry, key, impl, layer, kv, kv_pos, args, kwargs)
+            fast[id(impl)] = (weakref.ref(kv), id(layer), how, entry, key)
+        return self._act(fn, name, kv_pos, entry, key, impl, layer, kv, args, kwargs)
 
-    def _act(self, fn, name, entry: _Entry, key, impl, layer, kv, kv_pos, args, kwargs):
+    def _act(self, fn, name, kv_pos, entry: _Entry, key, impl, layer, kv, args, kwargs):
         action = entry.action
         if action == _PASS:
             return fn(impl, *args, **kwargs)
@@ -436,6 +422,11 @@ class Guard:
             with recorder:
                 result = fn(impl, *args, **kwargs)
         except _Restart:
+            # The recorder keeps the error it raised; for this one that is a cycle (error ->
+            # traceback -> frames -> recorder) holding every frame of the caller's stack until
+            # the cyclic GC runs, which may be inside a CUDA graph capture, where freeing a
+            # captured graph that a caller's frame held invalidates the capture.
+            recorder.error = None
             result = None
         finally:
             self._local.active = False

@@ -3,6 +3,9 @@ calls data_ptr(), the boundary the guard sees: fix mode must be right from the f
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import torch
 
 from kvguard.runtime import Guard, KVLayoutMismatchError
@@ -169,3 +172,38 @@ def test_fix_intercepts_a_kernel_op_that_receives_whole_views():
     assert torch.equal(raw.view(2, N, BS, H * D)[0, 0:2], key)  # "self" left intact
     record = {r["name"]: r for r in guard.report()["layers"]}["cross"]
     assert record["fix_path"] == "intercept" and record["status"] == "fixed"
+
+
+def test_a_fixed_first_call_leaves_no_reference_cycle_holding_the_callers_frames():
+    """fix mode's rerun of a first call (`_Restart`) must not keep the caller's stack alive:
+    freed only by the cyclic GC, a caller's CUDA graph would be destroyed at a random later
+    moment, possibly inside another capture (which that invalidates)."""
+
+    class Marker:
+        pass
+
+    guard = Guard("fix")
+    kv_first = guard.wrap(make_impl(lambda kv: kv.unbind(0)))
+    blocks_first = guard.wrap(make_impl(lambda kv: kv.unbind(1)))
+    raw = torch.zeros(2 * N * BS * H * D)
+    key, value = torch.randn(2, BS, H * D), torch.randn(2, BS, H * D)
+    kv_first().do_kv_cache_update(
+        Layer("self"), key, value, raw.view(2, N, BS, H, D), torch.tensor([0, 1])
+    )
+
+    def caller(marker: Marker) -> None:  # `marker` stands for a caller's captured graph
+        blocks_first().do_kv_cache_update(
+            Layer("cross"), key, value, raw.view(N, 2, BS, H, D), torch.tensor([2, 3])
+        )
+
+    gc.collect()
+    gc.disable()
+    try:
+        marker = Marker()
+        alive = weakref.ref(marker)
+        caller(marker)
+        del marker
+        assert alive() is None, "the first fixed call left a cycle holding the caller's frame"
+    finally:
+        gc.enable()
+    assert guard.report()["layers"][1]["status"] == "fixed"
