@@ -92,7 +92,9 @@ def main() -> None:
     files = len(list((work / "vllm").rglob("*.py")))
     cache = Path(tempfile.mkdtemp(prefix="kvguard-precommit-cache-"))
     env = dict(os.environ, KVGUARD_CACHE_DIR=str(cache), NO_COLOR="1")
-    env["PYTHONPATH"] = str(ROOT)
+    # this checkout first, then whatever the caller's path holds (libcst where it is not
+    # installed in the interpreter itself)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     hook = [sys.executable, "-m", "kvguard", "check", "--force-exclude", "--no-progress", TARGET]
     cold = _run(hook, work, env)
     if "KVG003" not in cold[2]:
