@@ -163,3 +163,21 @@ def test_fix_keeps_file_mode_and_symlink(kvguard, tmp_path: Path) -> None:
     assert link.is_symlink()
     assert "self._split_kv_cache" in target.read_text()
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_the_shipped_fix_example_is_fixed_whole(kvguard, tmp_path: Path) -> None:
+    """README's --fix walk-through: examples/fix has four findings, all fixed by --fix."""
+    import shutil
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "fix"
+    shutil.copytree(example, tmp_path / "fix")
+    before = kvguard("check", "--output-format", "concise", "fix")
+    assert before.returncode == 1, before.stderr
+    assert before.stdout.splitlines()[-1].startswith("Found 4 findings (3 KVG001, 1 KVG004)")
+    fixed = kvguard("check", "--fix", "fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert fixed.stdout.splitlines()[-1] == "Fixed 4 findings (0 remaining)."
+    text = (tmp_path / "fix" / "scattered_impl.py").read_text()
+    compile(text, "scattered_impl.py", "exec")
+    assert "as\n        ScatteredBackend declares." in text
+    assert text.count("self._split_kv_cache(kv_cache)") == 2
