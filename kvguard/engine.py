@@ -224,7 +224,7 @@ def lint_file(
         reports = run_rules(model, index, enabled)
         return _file_lint(reports, model, index, snippets.position, text, config, rules)
     wrapper = PositionWrapper(parse_whole_module(text), unsafe_skip_copy=True)
-    model = collect(wrapper.module, display, names, index)
+    model = collect(wrapper.module, display, names, index, text)
     reports = run_rules(model, index, enabled)
     positions = wrapper.resolve(PositionProvider) if reports else {}
     return _file_lint(reports, model, index, positions.__getitem__, text, config, rules)

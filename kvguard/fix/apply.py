@@ -96,7 +96,7 @@ def _parse_and_plan(text: str, display: str, config: Config, index: ProjectIndex
         raise FixError(str(exc)) from None
     wrapper = PositionWrapper(module, unsafe_skip_copy=True)
     positions = wrapper.resolve(PositionProvider)
-    model = collect(module, display, kv_names(config), index)
+    model = collect(module, display, kv_names(config), index, text)
     suppressions = line_suppressions(text)
 
     def reported(node: cst.CSTNode) -> bool:

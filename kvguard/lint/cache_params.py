@@ -33,6 +33,12 @@ from dataclasses import dataclass, field
 from kvguard.lint.forms import ITERATING_METHODS
 from kvguard.lint.names import KvNames
 from kvguard.lint.prescreen import walk
+from kvguard.lint.value_facts import cache_list_name
+
+
+def _is_cache_list(expr: ast.expr, names: KvNames) -> bool:
+    return cache_list_name(expr, names) is not None
+
 
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 # (innermost class name or None, function name) -> parameter names that hold a cache
@@ -246,15 +252,7 @@ def _is_cache(expr: ast.expr, caches: set[str], names: KvNames) -> bool:
     if isinstance(expr, ast.Attribute):
         return names.is_cache(expr.attr) and not names.is_cache_list(expr.attr)
     if isinstance(expr, ast.Subscript):
-        return _is_list(expr.value, names) and not isinstance(expr.slice, ast.Slice)
-    return False
-
-
-def _is_list(expr: ast.expr, names: KvNames) -> bool:
-    if isinstance(expr, ast.Name):
-        return names.is_cache_list(expr.id)
-    if isinstance(expr, ast.Attribute):
-        return names.is_cache_list(expr.attr)
+        return _is_cache_list(expr.value, names) and not isinstance(expr.slice, ast.Slice)
     return False
 
 
@@ -313,7 +311,7 @@ def _loop_element(target: ast.expr, iterable: ast.expr, names: KvNames) -> str |
     holds one element."""
     if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Attribute):
         method, owner = iterable.func.attr, iterable.func.value
-        if method not in ITERATING_METHODS or not _is_list(owner, names):
+        if method not in ITERATING_METHODS or not _is_cache_list(owner, names):
             return None
         if method == "items":
             if isinstance(target, ast.Tuple) and len(target.elts) == 2:

@@ -32,6 +32,7 @@ from kvguard.lint.receivers import (
     Receiver,
     Split,
     classify,
+    element_axes,
     int_value,
     split_of,
     unpack_split,
@@ -544,19 +545,12 @@ _Axis = tuple[str, int, int]
 
 
 def _literal_axes(sub: cst.Subscript) -> Iterator[tuple[int, int]]:
-    """(axis, literal index) of each integer-literal element, counted from the end after
-    a ``...``, as ``receivers`` counts them."""
-    elements = [e.slice for e in sub.slice]
-    after_ellipsis = False
-    for position, element in enumerate(elements):
-        if not isinstance(element, cst.Index):
-            continue
-        if isinstance(element.value, cst.Ellipsis):
-            after_ellipsis = True
-            continue
-        literal = int_value(element.value)
-        if literal is not None:
-            yield (position - len(elements) if after_ellipsis else position), literal
+    """(axis, literal index) of each integer-literal element, axes as ``receivers`` counts."""
+    for _, axis, element in element_axes(sub):
+        if isinstance(element, cst.Index):
+            literal = int_value(element.value)
+            if literal is not None:
+                yield axis, literal
 
 
 def _wide_axes(scan: _FunctionScan) -> frozenset[_Axis]:
@@ -646,17 +640,22 @@ class _Walker(cst.CSTVisitor):
         sites = self.collector.unit(
             node.body, owner, node.name.value, _params(node), _annotations(node)
         )
+        instance = _instance_param(node)
         for site in sites:
-            site.instance = _instance_param(node)
+            site.instance = instance
         self.model.sites.extend(sites)
         return False  # nested functions belong to this unit
 
 
-def collect(module: cst.Module, path: str, names: KvNames, index: ProjectIndex) -> FileModel:
-    """Collect the splits of every unit of a whole module."""
+def collect(
+    module: cst.Module, path: str, names: KvNames, index: ProjectIndex, text: str | None = None
+) -> FileModel:
+    """Collect the splits of every unit of a whole module (``text``: its source, when the
+    caller has it; else it is generated from the module)."""
     classes: dict[str, cst.ClassDef] = {}
     model = FileModel(path=path, class_def=classes.get, code=module.code_for_node)
-    collector = Collector(names, index, path, _module_cache_params(module, names))
+    source = module.code if text is None else text
+    collector = Collector(names, index, path, _module_cache_params(source, names))
     walker = _Walker(collector, model)
     module.visit(walker)
     classes.update(walker.classes)
@@ -666,9 +665,9 @@ def collect(module: cst.Module, path: str, names: KvNames, index: ProjectIndex) 
     return model
 
 
-def _module_cache_params(module: cst.Module, names: KvNames) -> CacheParams:
+def _module_cache_params(text: str, names: KvNames) -> CacheParams:
     try:
-        tree = ast.parse(module.code)
+        tree = ast.parse(text)
     except (SyntaxError, RecursionError, MemoryError, ValueError):
         return {}
     return file_cache_params(tree, names)
@@ -695,8 +694,9 @@ def collect_units(
             sites = collector.unit(
                 node.body, unit.class_name, node.name.value, _params(node), _annotations(node)
             )
+            instance = _instance_param(node)
             for site in sites:
-                site.instance = _instance_param(node)
+                site.instance = instance
         snippets.claim(site.split.node for site in sites)
         model.sites.extend(sites)
     return model

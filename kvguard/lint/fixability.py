@@ -30,6 +30,7 @@ import libcst as cst
 
 from kvguard.findings import SAFE, UNSAFE, FixInfo
 from kvguard.lint.checker import FileModel, SplitSite
+from kvguard.lint.code_text import one_line
 from kvguard.lint.facts import SPLITTER_METHOD, ClassFacts
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.rules import scattering_classes, split_contradicts_layout
@@ -560,8 +561,7 @@ def plan_file(
             if cls is not None:
                 plan.anchors[name] = id(cls.name)
     for op in loose:
-        text = _normal(_code(op.node))
-        text = text if len(text) <= 40 else text[:37] + "..."
+        text = one_line(_normal(_code(op.node)), 40)
         where = f"`{text}` in {op.site.function or 'the module'} sits outside a class"
         if _in_vllm_tree(model.path):
             plan.loose[id(op.node)] = (

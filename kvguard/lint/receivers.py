@@ -7,6 +7,7 @@ operation to a receiver and returns K, V or both.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import libcst as cst
@@ -304,6 +305,18 @@ def _call_axis(method: str, call: cst.Call) -> int | None:
     return None
 
 
+def element_axes(sub: cst.Subscript) -> Iterator[tuple[int, int, cst.BaseSlice]]:
+    """(position, axis, element) of each element but ``...``: after a ``...`` the axis
+    counts from the end (negative)."""
+    elements = [e.slice for e in sub.slice]
+    after_ellipsis = False
+    for position, element in enumerate(elements):
+        if isinstance(element, cst.Index) and isinstance(element.value, cst.Ellipsis):
+            after_ellipsis = True
+            continue
+        yield position, (position - len(elements) if after_ellipsis else position), element
+
+
 def _subscript_axis(sub: cst.Subscript) -> int | str | None:
     """Where a subscript splits K from V, "selection" when it only picks blocks, else None.
 
@@ -312,15 +325,9 @@ def _subscript_axis(sub: cst.Subscript) -> int | str | None:
     cuts a dim in two decides: a literal 0/1 index, ``0::2``/``1::2`` (interleaved heads),
     or a slice at a head size or a half (``[..., :head_size]``, the content dim when it
     is last after ``...``). Any other literal index picks a layer or a state: no split."""
-    elements = [e.slice for e in sub.slice]
-    after_ellipsis = False
     selects = False
-    for position, element in enumerate(elements):
-        axis = position - len(elements) if after_ellipsis else position
+    for position, axis, element in element_axes(sub):
         if isinstance(element, cst.Index):
-            if isinstance(element.value, cst.Ellipsis):
-                after_ellipsis = True
-                continue
             literal = int_value(element.value)
             if literal is None:
                 selects = True
@@ -339,7 +346,7 @@ def _subscript_axis(sub: cst.Subscript) -> int | str | None:
         if any(_doubled(b) for b in bounds) or not any(_mentions_head_or_half(b) for b in bounds):
             selects = True
             continue
-        if after_ellipsis and position == len(elements) - 1:
+        if axis < 0 and position == len(sub.slice) - 1:  # the last dim, after ``...``
             return "content"
         return axis
     return "selection" if selects else None

@@ -148,7 +148,8 @@ def _is_pair_display(value: ast.expr) -> bool:
     return isinstance(value, ast.Call) and _dotted(value.func) in ("tuple", "list")
 
 
-def _list_name(target: ast.expr, names: KvNames) -> str | None:
+def cache_list_name(target: ast.expr, names: KvNames) -> str | None:
+    """The cache-list name ``target`` spells (``kv_caches``, ``self.kv_caches``), or None."""
     tail = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
     return tail if tail is not None and names.is_cache_list(tail) else None
 
@@ -303,7 +304,7 @@ def _store(node: ast.stmt, names: KvNames, stored: dict[str, bool]) -> None:
     if isinstance(node, ast.Assign):
         for target in node.targets:
             if isinstance(target, ast.Subscript):
-                name = _list_name(target.value, names)
+                name = cache_list_name(target.value, names)
                 if name is not None:
                     stored[name] = stored.get(name, True) and _is_pair_display(node.value)
     elif (
@@ -312,6 +313,6 @@ def _store(node: ast.stmt, names: KvNames, stored: dict[str, bool]) -> None:
         and node.func.attr == "append"
         and len(node.args) == 1
     ):
-        name = _list_name(node.func.value, names)
+        name = cache_list_name(node.func.value, names)
         if name is not None:
             stored[name] = stored.get(name, True) and _is_pair_display(node.args[0])
