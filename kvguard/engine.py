@@ -40,7 +40,7 @@ from kvguard.config import Config
 from kvguard.deep import MAX_NESTING, TooDeep, check_nesting, run_deep
 from kvguard.files import Discovery, SourceError, SourceFile, Walking, discover, read_source
 from kvguard.findings import FileError, Finding, FixInfo, Notice
-from kvguard.interrupt import in_worker
+from kvguard.interrupt import Interrupted, in_worker
 from kvguard.lint.facts import FileFacts, scan
 from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
@@ -69,6 +69,7 @@ REPORT_HINT = f"this is a bug in kvguard {__version__}; please report it with th
 
 Progress = Callable[[int, int], None]
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 
 @dataclass
@@ -380,6 +381,7 @@ def guarded(work: Callable[[bool], T], display: str, failed: Callable[[FileError
     except SourceError as exc:
         return failed(exc.error(display))
     except Exception as exc:
+        _reraise_signal(exc)
         if not _from_recursion(exc):
             return failed(internal_error(display, exc))
     try:
@@ -389,6 +391,7 @@ def guarded(work: Callable[[bool], T], display: str, failed: Callable[[FileError
     except SourceError as exc:
         return failed(exc.error(display))
     except Exception as exc:
+        _reraise_signal(exc)
         if _from_recursion(exc):
             return failed(too_deep(display, exc))
         return failed(internal_error(display, exc))
@@ -397,14 +400,27 @@ def guarded(work: Callable[[bool], T], display: str, failed: Callable[[FileError
 def _from_recursion(exc: BaseException) -> bool:
     """Whether ``exc`` is, or was raised while handling, a RecursionError: code that
     cleans up in ``finally`` (libcst's position recording) can fail in turn and hide it."""
+    return _in_chain(exc, RecursionError) is not None
+
+
+def _in_chain(exc: BaseException, kind: type[E]) -> E | None:
+    """The first ``kind`` among ``exc`` and what it was raised from or while handling."""
     seen = 0
     current: BaseException | None = exc
     while current is not None and seen < 20:
-        if isinstance(current, RecursionError):
-            return True
+        if isinstance(current, kind):
+            return current
         current = current.__cause__ or current.__context__
         seen += 1
-    return False
+    return None
+
+
+def _reraise_signal(exc: BaseException) -> None:
+    """A signal that arrived inside code that wraps what it raises (``__set_name__`` during
+    an import wraps it in a RuntimeError) is still the signal, not a bug in this file."""
+    stop = _in_chain(exc, Interrupted) or _in_chain(exc, KeyboardInterrupt)
+    if stop is not None:
+        raise stop from None
 
 
 # -- worker-side tasks (module level so that they pickle) --------------------------------

@@ -20,6 +20,7 @@ import pytest
 from kvguard.cache import Store
 from kvguard.disk import SUFFIX
 from kvguard.engine import CACHE_VERSION
+from kvguard.interrupt import Interrupted
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = "".join(
@@ -136,3 +137,21 @@ def test_a_signal_inside_a_deferred_step_is_raised_when_it_ends() -> None:
     assert steps == ["renamed"]
     assert stopped.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+@pytest.mark.parametrize("stop", [Interrupted(signal.SIGTERM), KeyboardInterrupt()])
+def test_a_signal_wrapped_by_the_code_it_interrupted_is_still_the_signal(stop) -> None:
+    """A signal raised inside ``__set_name__`` during an import reaches the per-file safety
+    net as ``RuntimeError('Error calling __set_name__ ...')`` caused by it: the run stops
+    (exit 143/130), it does not report an internal error for that file."""
+    from kvguard.engine import guarded
+
+    def work(deep: bool) -> None:
+        try:
+            raise stop
+        except BaseException as exc:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance") from exc
+
+    with pytest.raises(type(stop)) as info:
+        guarded(work, "a.py", lambda error: pytest.fail(f"reported as {error}"))
+    assert info.value is stop
