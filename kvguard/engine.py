@@ -46,7 +46,7 @@ from kvguard.lint.index import ProjectIndex
 from kvguard.lint.names import KvNames
 from kvguard.lint.spans import source_lines
 from kvguard.lint.value_facts import merge
-from kvguard.prefork import LintHelper, likely_to_lint, spare_core
+from kvguard.prefork import LintHelper, likely_to_lint, second_cpu
 from kvguard.project import Project, find_project, first_path
 from kvguard.suppression import Pragma, ignores_file, pragmas, suppression_notices
 
@@ -727,7 +727,7 @@ def check(
             and stdin is None
             and len(paths) < _PARALLEL_MIN
             and likely_to_lint(paths, cache_path)
-            and spare_core()
+            and second_cpu()
         ):
             workers.helper = LintHelper(_import_lint_stage, _LintTask())
         found = discover(paths, walking, stdin.name if stdin else None)

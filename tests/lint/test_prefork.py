@@ -26,7 +26,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (root / name).write_text((EXAMPLES / name).read_text())
     monkeypatch.setenv("KVGUARD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(root)
-    monkeypatch.setattr(engine, "spare_core", lambda: True)  # whatever this machine's load
+    monkeypatch.setattr(engine, "second_cpu", lambda: True)  # whatever this machine has
     return root
 
 
@@ -105,9 +105,36 @@ def test_close_stops_and_reaps_a_helper_still_working() -> None:
         os.waitpid(pid, 0)
 
 
-def test_spare_core_reads_the_load_average(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 0.0, 0.0))
-    assert prefork.spare_core()
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.5, 0.0, 0.0))
-    assert not prefork.spare_core()
+def _machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, cpus: int, cpu_max: str | None
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    monkeypatch.setattr(prefork, "_CPU_MAX", str(path))
+
+
+def test_a_helper_needs_a_second_cpu_not_an_idle_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(os, "getloadavg", lambda: (8.0, 8.0, 8.0))  # busy: it does not matter
+    _machine(monkeypatch, tmp_path, cpus=2, cpu_max=None)
+    assert prefork.second_cpu()
+    _machine(monkeypatch, tmp_path, cpus=1, cpu_max=None)
+    assert not prefork.second_cpu()
+
+
+def test_a_cgroup_cpu_quota_caps_the_usable_cpus(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _machine(monkeypatch, tmp_path, cpus=64, cpu_max="100000 100000\n")
+    assert prefork.usable_cpus() == 1.0
+    assert not prefork.second_cpu()  # a container of one CPU on a 64-core host
+    _machine(monkeypatch, tmp_path, cpus=64, cpu_max="150000 100000\n")
+    assert prefork.usable_cpus() == 1.5
+    assert prefork.second_cpu()
+    _machine(monkeypatch, tmp_path, cpus=64, cpu_max="max 100000\n")
+    assert prefork.usable_cpus() == 64
+    _machine(monkeypatch, tmp_path, cpus=3, cpu_max="garbage\n")
+    assert prefork.usable_cpus() == 3  # unreadable: the affinity decides
