@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 # 9: upper-case suppressions, syntax-error wording; 8: parameters that calls fill with a
 # cache (Unit.cache_params)
-CACHE_VERSION = f"{__version__}-9"
+CACHE_VERSION = f"{__version__}-10"
 _ABORT_JOIN_S = 2.0  # how long a terminated worker may take to exit before it is killed
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 REPORT_HINT = f"this is a bug in kvguard {__version__}; please report it with this file"
@@ -628,11 +628,14 @@ class _Workers:
         # (terminate_workers); its process table is the same there
         processes = list(getattr(pool, "_processes", {}).values())
         # work whose result iterator was closed on the way here is cancelled; Python 3.11's
-        # executor thread would raise InvalidStateError failing it once the workers are gone
-        pending = getattr(pool, "_pending_work_items", {})
-        for work_id, item in list(pending.items()):
+        # executor thread would raise InvalidStateError failing it once the workers are gone.
+        # Each such item gets a fresh future that no one waits on: removing the item
+        # instead races with that thread, which still looks queued ids up (KeyError)
+        from concurrent.futures import Future
+
+        for item in list(getattr(pool, "_pending_work_items", {}).values()):
             if item.future.done():
-                pending.pop(work_id, None)
+                item.future = Future()
         for process in processes:
             with contextlib.suppress(OSError, ValueError):
                 process.terminate()
