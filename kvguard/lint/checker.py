@@ -318,6 +318,8 @@ class Collector:
                 and all(s.kv_axis is None and not s.packed for s in layout[1].shapes)
             ):
                 mla = True
+            if any(c.stores_no_value for c in self.index.mro(facts)):
+                mla = True  # no V stored: nothing to split off
         self_kind = None
         if facts is not None and any(c.state_kv_cache for c in self.index.mro(facts)):
             self_kind = Kind.STATE

@@ -31,6 +31,7 @@ from kvguard.lint.layouts import (
     kv_packings_of,
     layout_names_of,
     shapes_of,
+    stores_no_value,
     stride_orders_of,
 )
 from kvguard.lint.names import KvNames, Occurrence
@@ -66,6 +67,8 @@ class ClassFacts:
     # ``_split_kv_cache`` if the class defines one (see ``plain_splitter``)
     instance_methods: tuple[str, ...] = ()
     splitter: str | None = None
+    # its get_kv_cache_spec stores no V (``head_size_v=0``): its cache has no K/V to split
+    stores_no_value: bool = False
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,8 @@ def class_facts(cls: ast.ClassDef, path: str, lines: list[str]) -> ClassFacts:
         splitter=plain_splitter(methods["_split_kv_cache"])
         if "_split_kv_cache" in methods
         else None,
+        stores_no_value="get_kv_cache_spec" in methods
+        and stores_no_value(methods["get_kv_cache_spec"]),
     )
 
 

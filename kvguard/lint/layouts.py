@@ -268,3 +268,26 @@ def kv_packings_of(func: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, .
         )
         out.extend(_slots(slots) if slots is not None else (PACKED,))
     return tuple(dict.fromkeys(out)) or (UNKNOWN,)
+
+
+def stores_no_value(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether ``get_kv_cache_spec`` builds only specs without V: every call in it that is
+    given a ``head_size`` or a ``head_size_v`` (the fields of vLLM's attention specs) is
+    given ``head_size_v=0``, and one is. Such a layer's cache holds K (or one latent) alone:
+    indexing it picks a head or a slot, never K or V."""
+    calls = [
+        node
+        for node in ast.walk(func)
+        if isinstance(node, ast.Call)
+        and any(k.arg in ("head_size", "head_size_v") for k in node.keywords)
+    ]
+    return bool(calls) and all(
+        any(
+            k.arg == "head_size_v"
+            and isinstance(k.value, ast.Constant)
+            and type(k.value.value) is int
+            and k.value.value == 0
+            for k in call.keywords
+        )
+        for call in calls
+    )
