@@ -361,7 +361,6 @@ class Collector:
             pair_returning=values.pair_returning,
             pair_lists=values.pair_lists,
             engine_lists=values.engine_lists,
-            wrapper_attributes=self.index.wrapper_attributes(),
         )
         scan = _FunctionScan()
         passed = _passed(function, params, values.passed_pairs)

@@ -19,7 +19,7 @@ from typing import Any
 
 from kvguard.lint.facts import ClassFacts
 from kvguard.lint.layouts import UNKNOWN, LayoutDecl
-from kvguard.lint.value_facts import NO_VALUE_FACTS, TENSOR_TYPES, ValueFacts
+from kvguard.lint.value_facts import NO_VALUE_FACTS, ValueFacts
 
 
 def _is_module(path: str, stem: str) -> bool:
@@ -150,33 +150,6 @@ class ProjectIndex:
             out.append(current)
             queue.extend(self.bases(current))
         return tuple(out)
-
-    def wrapper_attributes(self) -> frozenset[str]:
-        """Cache-named attributes that the project annotates with one of its own classes
-        that indexes itself (defines ``__getitem__``, in it or a base) and derives from no
-        tensor type (``dma_kv_cache: SmemWrapper``): indexing one runs that class's code,
-        which kvguard does not read as a K/V split."""
-        table = self._table("wrappers")
-        if "all" not in table:
-            table["all"] = frozenset(
-                attr
-                for attr, cls in self.values.attribute_classes.items()
-                if cls and self._indexes_itself(cls)
-            )
-        return table["all"]
-
-    def _indexes_itself(self, name: str) -> bool:
-        classes = self.by_name.get(name)
-        if not classes:
-            return False
-        for facts in classes:
-            lineage = self.mro(facts)
-            names = {n for c in lineage for n in (c.name, *c.bases)}
-            if names & TENSOR_TYPES:
-                return False
-            if not any("__getitem__" in c.instance_methods for c in lineage):
-                return False
-        return True
 
     def bases(self, facts: ClassFacts) -> Iterator[ClassFacts]:
         """The classes of the index that a class names as its direct bases."""

@@ -9,9 +9,7 @@ project index merges it (``ProjectIndex.values``):
   by name: calling one gives a pair;
 - how the runner binds caches: every value stored under a cache-list name
   (``kv_caches[name] = (k, v)``, ``kv_caches.append((k, v))``). When each one of them in
-  the whole project is a tuple/list display, an element of that container is a pair;
-- the class that class bodies annotate a cache-named attribute with
-  (``dma_kv_cache: SmemWrapper``), by attribute name.
+  the whole project is a tuple/list display, an element of that container is a pair.
 
 A name defined with different kinds in different places says nothing (it is dropped).
 This module imports no libcst: the scan workers run it before libcst is loaded.
@@ -60,9 +58,6 @@ class ValueFacts:
     # parameters that a caller passes a sequence-annotated value to, as "function#slot"
     # (slot: the position among the arguments after ``self``, or the keyword)
     passed_pairs: frozenset[str] = frozenset()
-    # cache-named attribute -> the one class every class-body annotation of it names
-    # ("" where they name different ones, or a tensor, a sequence or a union)
-    attribute_classes: dict[str, str] = field(default_factory=dict)
 
     @cached_property
     def alias_kinds(self) -> dict[str, Kind]:
@@ -88,7 +83,6 @@ class ValueFacts:
             or self.stored_pairs
             or self.bound_lists
             or self.passed_pairs
-            or self.attribute_classes
         )
 
 
@@ -102,11 +96,8 @@ def merge(per_file: Iterable[ValueFacts]) -> ValueFacts:
     stored: dict[str, bool] = {}
     bound: dict[str, bool] = {}
     passed: set[str] = set()
-    classes: dict[str, str] = {}
     for facts in per_file:
         passed |= facts.passed_pairs
-        for name, cls in facts.attribute_classes.items():
-            classes[name] = cls if classes.get(name, cls) == cls else ""
         for name, kind in facts.type_aliases.items():
             aliases[name] = kind if aliases.get(name, kind) == kind else None
         for name, pair in facts.returns.items():
@@ -116,7 +107,7 @@ def merge(per_file: Iterable[ValueFacts]) -> ValueFacts:
         for name, listed in facts.bound_lists.items():
             bound[name] = bound.get(name, True) and listed
     kinds = {n: k for n, k in aliases.items() if k is not None}
-    return ValueFacts(kinds, returns, stored, bound, frozenset(passed), classes)
+    return ValueFacts(kinds, returns, stored, bound, frozenset(passed))
 
 
 def _dotted(node: ast.expr) -> str:
@@ -234,44 +225,7 @@ def file_value_facts(
         for stmt in _statements_at(tree.body, lines):
             for node in _nested(stmt):
                 _binding(node, names, bound)
-    classes: dict[str, str] = {}
-    if any(_CLASS_ANNOTATION.match(text, end) for _, end in cache_words):
-        _annotated_classes(tree.body, names, classes)
-    return ValueFacts(aliases, returns, stored, bound, frozenset(passed), classes)
-
-
-# A cache word followed by an annotation that starts like a class name (``: SmemWrapper``)
-_CLASS_ANNOTATION = re.compile(r"\s*:\s*[\"']?[A-Za-z_]")
-
-
-def _annotated_classes(body: list[ast.stmt], names: KvNames, out: dict[str, str]) -> None:
-    """``dma_kv_cache: SmemWrapper`` in class bodies (dataclass fields, declared attributes):
-    the class each cache-named attribute is annotated with; "" for anything that is not one
-    plain class (a tensor, a sequence, a union, a subscript), which then says nothing."""
-    for stmt in body:
-        if isinstance(stmt, ast.ClassDef):
-            for item in stmt.body:
-                if (
-                    isinstance(item, ast.AnnAssign)
-                    and isinstance(item.target, ast.Name)
-                    and names.is_cache(item.target.id)
-                ):
-                    cls = _plain_class(item.annotation)
-                    name = item.target.id
-                    out[name] = cls if out.get(name, cls) == cls else ""
-            _annotated_classes(stmt.body, names, out)
-
-
-def _plain_class(annotation: ast.expr) -> str:
-    if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
-        try:
-            annotation = ast.parse(annotation.value, mode="eval").body
-        except SyntaxError:
-            return ""
-    tail = _dotted(annotation).rsplit(".", 1)[-1]
-    if not tail or tail in TENSOR_TYPES or tail in SEQUENCE_TYPES or tail in ("Any", "None"):
-        return ""
-    return tail
+    return ValueFacts(aliases, returns, stored, bound, frozenset(passed))
 
 
 def _passes_pairs(func: ast.FunctionDef | ast.AsyncFunctionDef, names: KvNames) -> set[str]:
