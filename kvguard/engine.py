@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 # 9: upper-case suppressions, syntax-error wording; 8: parameters that calls fill with a
 # cache (Unit.cache_params)
-CACHE_VERSION = f"{__version__}-10"
+CACHE_VERSION = f"{__version__}-12"
 _ABORT_JOIN_S = 2.0  # how long a terminated worker may take to exit before it is killed
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 REPORT_HINT = f"this is a bug in kvguard {__version__}; please report it with this file"

@@ -45,16 +45,19 @@ def second_cpu() -> bool:
     """Whether a helper can run beside this process: more than one usable CPU.
 
     Not whether one is idle: under fair scheduling two processes get two shares of a busy
-    machine, so the helper shortens the run there too (vLLM 0.33, one changed file, 2 CPUs
-    both busy with other work: 0.33 s with the helper, 0.38 s without). Its cost is a fork
-    and about 0.02 s of CPU; on one CPU it would only add that.
+    machine, so the helper shortens the run there too (``benchmarks/precommit_one_file.py``,
+    vLLM 0.33, one changed file, 2 CPUs with 2 other processes spinning: 0.323 s with the
+    helper, 0.344 s without; with 4: 0.587 s and 0.718 s). Its cost is a fork and about
+    0.02 s of CPU; on one CPU it would only add that.
     """
     return usable_cpus() > 1
 
 
 def usable_cpus() -> float:
-    """The CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota
-    (a container given 1.5 CPUs of a 64-core host has 1.5)."""
+    """The CPUs this process may run on: its affinity, capped by the cgroup v2 CPU quota
+    at the root of its cgroup namespace (a container given 1.5 CPUs of a 64-core host has
+    1.5). A quota set on a parent cgroup outside the namespace is not seen: this only
+    decides a speed-up."""
     try:
         cpus: float = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -318,8 +318,12 @@ class Collector:
                 and all(s.kv_axis is None and not s.packed for s in layout[1].shapes)
             ):
                 mla = True
-            if any(c.stores_no_value for c in self.index.mro(facts)):
-                mla = True  # no V stored: nothing to split off
+            spec = next(
+                (c.stores_no_value for c in self.index.mro(facts) if c.stores_no_value is not None),
+                None,
+            )
+            if spec:  # the nearest get_kv_cache_spec stores no V: nothing to split off
+                mla = True
         self_kind = None
         if facts is not None and any(c.state_kv_cache for c in self.index.mro(facts)):
             self_kind = Kind.STATE

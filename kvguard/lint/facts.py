@@ -67,8 +67,9 @@ class ClassFacts:
     # ``_split_kv_cache`` if the class defines one (see ``plain_splitter``)
     instance_methods: tuple[str, ...] = ()
     splitter: str | None = None
-    # its get_kv_cache_spec stores no V (``head_size_v=0``): its cache has no K/V to split
-    stores_no_value: bool = False
+    # whether its own get_kv_cache_spec stores no V (``head_size_v=0``); None: it defines
+    # none (a subclass's definition overrides a base's)
+    stores_no_value: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,9 @@ def class_facts(cls: ast.ClassDef, path: str, lines: list[str]) -> ClassFacts:
         splitter=plain_splitter(methods["_split_kv_cache"])
         if "_split_kv_cache" in methods
         else None,
-        stores_no_value="get_kv_cache_spec" in methods
-        and stores_no_value(methods["get_kv_cache_spec"]),
+        stores_no_value=stores_no_value(methods["get_kv_cache_spec"])
+        if "get_kv_cache_spec" in methods
+        else None,
     )
 
 

@@ -271,23 +271,49 @@ def kv_packings_of(func: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, .
 
 
 def stores_no_value(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """Whether ``get_kv_cache_spec`` builds only specs without V: every call in it that is
-    given a ``head_size`` or a ``head_size_v`` (the fields of vLLM's attention specs) is
-    given ``head_size_v=0``, and one is. Such a layer's cache holds K (or one latent) alone:
-    indexing it picks a head or a slot, never K or V."""
-    calls = [
-        node
-        for node in ast.walk(func)
-        if isinstance(node, ast.Call)
-        and any(k.arg in ("head_size", "head_size_v") for k in node.keywords)
-    ]
-    return bool(calls) and all(
-        any(
-            k.arg == "head_size_v"
-            and isinstance(k.value, ast.Constant)
-            and type(k.value.value) is int
-            and k.value.value == 0
-            for k in call.keywords
-        )
-        for call in calls
+    """Whether ``get_kv_cache_spec`` only ever returns a spec without V: every ``return``
+    gives a call with ``head_size_v=0`` (the field of vLLM's attention specs), or a local
+    that only such calls bind. Such a layer's cache holds K (or one latent) alone: indexing
+    it picks a head or a slot, never K or V. A return of anything else (``super()``'s spec,
+    ``self.spec``, a helper's) may store V, and then this says nothing."""
+    bound: dict[str, list[ast.expr]] = {}
+    returns: list[ast.expr | None] = []
+    for node in _own_nodes(func):
+        if isinstance(node, ast.Return):
+            returns.append(node.value)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name):
+                        bound.setdefault(name.id, []).append(
+                            node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+                        )
+
+    def no_value(value: ast.expr | None) -> bool:
+        if isinstance(value, ast.Name):
+            values = bound.get(value.id, [])
+            return bool(values) and all(_builds_no_value(v) for v in values)
+        return _builds_no_value(value)
+
+    return bool(returns) and all(no_value(value) for value in returns)
+
+
+def _builds_no_value(value: ast.expr | None) -> bool:
+    return isinstance(value, ast.Call) and any(
+        k.arg == "head_size_v"
+        and isinstance(k.value, ast.Constant)
+        and type(k.value.value) is int
+        and k.value.value == 0
+        for k in value.keywords
     )
+
+
+def _own_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> Iterator[ast.AST]:
+    """The nodes of a function's body, not of the functions and classes nested in it."""
+    stack: list[ast.AST] = list(func.body)
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))

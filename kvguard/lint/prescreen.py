@@ -91,7 +91,7 @@ def unit_context(path_state: bool, path_mla: bool, owner: ClassFacts | None) -> 
     lineage_state, lineage_mla = lineage_context((owner.name, *owner.bases))
     return UnitContext(
         state=path_state or lineage_state,
-        mla=path_mla or lineage_mla or owner.stores_no_value,
+        mla=path_mla or lineage_mla or owner.stores_no_value is True,
         self_state=owner.state_kv_cache,
     )
 
