@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 # 9: upper-case suppressions, syntax-error wording; 8: parameters that calls fill with a
 # cache (Unit.cache_params)
-CACHE_VERSION = f"{__version__}-13"
+CACHE_VERSION = f"{__version__}-12"
 _ABORT_JOIN_S = 2.0  # how long a terminated worker may take to exit before it is killed
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save
 REPORT_HINT = f"this is a bug in kvguard {__version__}; please report it with this file"
@@ -137,8 +137,7 @@ def scan_source(text: str, display: str, names: KvNames, deep: bool = False) -> 
     """The prefilter and the ``ast`` pass for one file. Raises SourceError for input that
     is not valid Python, RecursionError for nesting too deep for this thread (``deep``:
     in the deep thread, which also rejects nesting beyond ``MAX_NESTING``)."""
-    # a class that indexes itself matters to the index wherever it is defined (``wrappers``)
-    if not (names.mentioned_in(text) or "def __getitem__" in text) or ignores_file(text):
+    if not names.mentioned_in(text) or ignores_file(text):
         return FileFacts(())
     try:
         tree = ast.parse(text, filename=display)

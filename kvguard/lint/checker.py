@@ -14,7 +14,7 @@ import libcst as cst
 
 from kvguard.lint.array_attributes import ARRAY_ATTRIBUTES
 from kvguard.lint.cache_params import CacheParams
-from kvguard.lint.facts import ClassFacts, FileFacts, file_cache_params
+from kvguard.lint.facts import FileFacts, file_cache_params
 from kvguard.lint.flow import walk_with_facts
 from kvguard.lint.forms import (
     INSPECTING_CALLS,
@@ -50,7 +50,6 @@ from kvguard.lint.values import (
     type_kind,
 )
 from kvguard.lint.walk import walk
-from kvguard.lint.wrappers import strict_lookup, wrapped_attributes
 
 
 @dataclass
@@ -330,33 +329,6 @@ class Collector:
             self_kind = Kind.STATE
         return state, mla, self_kind
 
-    def _wrapper_receivers(
-        self,
-        class_name: str | None,
-        annotations: dict[str, cst.BaseExpression],
-        scan: _FunctionScan,
-    ) -> frozenset[str]:
-        """``self.X`` and ``param.X`` that hold an object of a class that indexes itself:
-        ``self`` of this class, and parameters annotated with a project class and never
-        rebound here (``wrappers``)."""
-        holders: dict[str, ClassFacts] = {}
-        if class_name is not None:
-            facts = self.index.lookup(class_name, near=self.path)
-            if facts is not None and facts.path == self.path:
-                holders["self"] = facts
-        rebound = {n for names, _value, _node in scan.assigns for n in names}
-        for param, annotation in annotations.items():
-            name = _annotated_class(annotation)
-            if name and param not in rebound and param != "self":
-                facts = strict_lookup(self.index, name, self.path)
-                if facts is not None:
-                    holders[param] = facts
-        return frozenset(
-            f"{receiver}.{attr}"
-            for receiver, holder in holders.items()
-            for attr in wrapped_attributes(self.index, holder)
-        )
-
     def unit(
         self,
         body: cst.CSTNode,
@@ -409,7 +381,6 @@ class Collector:
             for n in names
             if any("head" in w.value.lower() for w in _walk_names(value))
         )
-        ctx.wrapper_receivers = self._wrapper_receivers(class_name, annotations or {}, scan)
         _aliases(scan, ctx, frozenset(params), values.alias_kinds)
         splits: list[tuple[Split, tuple[str, ...]]] = []
         targets_of: dict[int, tuple[str, ...]] = {}
@@ -735,11 +706,3 @@ def collect_units(
         snippets.claim(site.split.node for site in sites)
         model.sites.extend(sites)
     return model
-
-
-def _annotated_class(annotation: cst.BaseExpression) -> str:
-    """The bare class name an annotation is (``Schedule``, ``"Schedule"``), else ""."""
-    if isinstance(annotation, cst.SimpleString):
-        value = annotation.evaluated_value
-        return value if isinstance(value, str) and value.isidentifier() else ""
-    return annotation.value if isinstance(annotation, cst.Name) else ""

@@ -45,7 +45,6 @@ from kvguard.lint.spans import (
     source_lines,
 )
 from kvguard.lint.value_facts import NO_VALUE_FACTS, ValueFacts, file_value_facts
-from kvguard.lint.wrappers import attribute_classes, getitem_kind, self_bindings
 
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -71,11 +70,6 @@ class ClassFacts:
     # whether its own get_kv_cache_spec stores no V (``head_size_v=0``); None: it defines
     # none (a subclass's definition overrides a base's)
     stores_no_value: bool | None = None
-    # cache-named attributes it mentions -> the plain class its body annotates them with
-    # ("" if anything else, or bound in a method), and what its own __getitem__ does
-    # (``wrappers``: a class that indexes itself)
-    attribute_classes: tuple[tuple[str, str], ...] = ()
-    getitem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,31 +167,11 @@ def _assigns_state_tuple_in(stmt: ast.stmt) -> bool:
     return False
 
 
-def _bound_in(cls: ast.ClassDef, bindings: list[tuple[int, str]] | None) -> frozenset[str] | None:
-    """The names of the ``self.name = ...`` lines that lie in the class."""
-    if bindings is None:
-        return None
-    start = bisect_left(bindings, (cls.lineno, ""))
-    end = cls.end_lineno or cls.lineno
-    out = []
-    for line, name in bindings[start:]:
-        if line > end:
-            break
-        out.append(name)
-    return frozenset(out)
-
-
 def _segment(lines: list[str], node: ast.AST) -> str:
     return "\n".join(lines[node.lineno - 1 : node.end_lineno])  # type: ignore[attr-defined]
 
 
-def class_facts(
-    cls: ast.ClassDef,
-    path: str,
-    lines: list[str],
-    names: KvNames | None = None,
-    bindings: list[tuple[int, str]] | None = None,
-) -> ClassFacts:
+def class_facts(cls: ast.ClassDef, path: str, lines: list[str]) -> ClassFacts:
     """Facts of one class; methods are walked only when their text can matter."""
     methods = {n.name: n for n in cls.body if isinstance(n, _FUNCS)}
     shapes = shapes_of(methods["get_kv_cache_shape"]) if "get_kv_cache_shape" in methods else ()
@@ -248,10 +222,6 @@ def class_facts(
         stores_no_value=stores_no_value(methods["get_kv_cache_spec"])
         if "get_kv_cache_spec" in methods
         else None,
-        attribute_classes=attribute_classes(cls, names.is_cache, _bound_in(cls, bindings))
-        if names is not None
-        else (),
-        getitem=getitem_kind(cls),
     )
 
 
@@ -398,12 +368,11 @@ def _merged(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
 
 def scan(tree: ast.Module, path: str, names: KvNames, text: str) -> FileFacts:
     lines = source_lines(text)
-    occurrences = names.occurrences(text)
-    bindings = self_bindings(text, occurrences)
-    classes = tuple(class_facts(node, path, lines, names, bindings) for node in _classes(tree.body))
+    classes = tuple(class_facts(node, path, lines) for node in _classes(tree.body))
     functions: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ast.ClassDef | None]] = []
     all_classes: list[ast.ClassDef] = []
     _defs(tree.body, None, functions, all_classes)
+    occurrences = names.occurrences(text)
     spells = _receiver_spelling(text, names, occurrences)
     prescreen = Prescreen(names, ascii_source=text.isascii())
     rest = [s for s in tree.body if not isinstance(s, (*_FUNCS, ast.ClassDef))]

@@ -22,7 +22,7 @@ from kvguard.lint.layouts import UNKNOWN, LayoutDecl
 from kvguard.lint.value_facts import NO_VALUE_FACTS, ValueFacts
 
 
-def is_module(path: str, stem: str) -> bool:
+def _is_module(path: str, stem: str) -> bool:
     """Whether a file is the module ``stem`` (``pkg/mod``, or ``dir/pkg/mod`` if relative)."""
     path = "/" + posixpath.normpath(path.replace("\\", "/")).lstrip("/")
     return any(path.endswith("/" + stem.lstrip("/") + tail) for tail in (".py", "/__init__.py"))
@@ -72,8 +72,7 @@ class ProjectIndex:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_memo": {}}
 
-    def memo(self, name: str) -> dict[Any, Any]:
-        """A table of memoised answers (the index does not change once built)."""
+    def _table(self, name: str) -> dict[Any, Any]:
         return self._memo.setdefault(name, {})
 
     @classmethod
@@ -106,7 +105,7 @@ class ProjectIndex:
         A class defined in that file, else the one its ``from M import`` names (found by
         M's path), else, of the classes of that name, the one nearest in the directory tree.
         """
-        table = self.memo("lookup")
+        table = self._table("lookup")
         key = (name, near)
         if key not in table:
             table[key] = self._lookup(name, near)
@@ -122,7 +121,7 @@ class ProjectIndex:
         if target is not None:
             stem, imported = target
             for candidate in self.by_name.get(imported, ()):
-                if is_module(candidate.path, stem):
+                if _is_module(candidate.path, stem):
                     return candidate
             found = found or self.by_name.get(imported)
         if not found:
@@ -133,7 +132,7 @@ class ProjectIndex:
 
     def mro(self, facts: ClassFacts) -> tuple[ClassFacts, ...]:
         """The class and its known bases, nearest first (breadth first), each once."""
-        table = self.memo("mro")
+        table = self._table("mro")
         found = table.get(id(facts))
         if found is None or found[0] is not facts:
             found = table[id(facts)] = (facts, self._lineage(facts))
@@ -166,7 +165,7 @@ class ProjectIndex:
     def subclasses(self, facts: ClassFacts) -> list[ClassFacts]:
         """Every class of another name or file whose lineage (``mro``) holds this one, in
         index order."""
-        children = self.memo("children")
+        children = self._table("children")
         if not children:  # one pass over the project: who names whom as a direct base
             first: dict[tuple[str, str], ClassFacts] = {}
             for position, cls in enumerate(self.classes()):
@@ -213,7 +212,7 @@ class ProjectIndex:
 
     def backends_of_impl(self, impl: ClassFacts) -> list[ClassFacts]:
         """Backends whose get_impl_cls returns this impl class (directly or via a subclass)."""
-        table = self.memo("backends")
+        table = self._table("backends")
         if not table:  # one pass over the project: which backends name which impls
             for cls in self.classes():
                 for name in dict.fromkeys(cls.impl_names):
@@ -259,7 +258,7 @@ class ProjectIndex:
         way of packing K and V into the page (``customize_spec``). Found once per index:
         every linted file asks (KVG003).
         """
-        table = self.memo("divergences")
+        table = self._table("divergences")
         if not table:
             table[None] = tuple(self._divergences())
         return table[None]  # type: ignore[no-any-return]

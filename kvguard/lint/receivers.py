@@ -58,9 +58,6 @@ class Context:
     pair_returning: frozenset[str] = frozenset()  # functions annotated to return a tuple
     pair_lists: frozenset[str] = frozenset()  # containers the project fills with pairs only
     engine_lists: frozenset[str] = frozenset()  # attributes the project binds as lists only
-    # ``self.dma_kv_cache``, ``schedule.dma_kv_cache``: objects of a class that indexes
-    # itself (``wrappers``), by receiver text
-    wrapper_receivers: frozenset[str] = frozenset()
 
 
 def int_value(node: cst.BaseExpression) -> int | None:
@@ -130,12 +127,6 @@ def _classify(expr: cst.BaseExpression, ctx: Context, selecting: bool) -> Receiv
         attr = expr.attr.value
         on_self = isinstance(expr.value, cst.Name) and expr.value.value == "self"
         if names.is_cache(attr):
-            if (
-                ctx.wrapper_receivers
-                and isinstance(expr.value, cst.Name)
-                and f"{expr.value.value}.{attr}" in ctx.wrapper_receivers
-            ):
-                return None  # its class's own __getitem__ says what an index picks
             if on_self and ctx.self_kv_cache is not None and attr == "kv_cache":
                 return Receiver(ctx.self_kv_cache, attr)
             if _owned_by_one_side(expr.value):  # self.k_cache.kv_cache: a key-only cache
