@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +97,17 @@ def _git_tree(version: str) -> Path:
     return work
 
 
+def _editor(target: Path) -> Callable[[int], None]:
+    """Edits ``target`` as a commit would: a new statement appended to its text as
+    it was (each edit replaces the last one)."""
+    original = target.read_text()
+
+    def edit(i: int) -> None:
+        target.write_text(original + f"\n_BENCHMARK_EDIT = {time.time_ns()} + {i}\n")
+
+    return edit
+
+
 def _pre_commit_runs(
     work: Path, env: dict[str, str], repeat: int
 ) -> dict[str, tuple[float, float, str]]:
@@ -127,13 +139,9 @@ def _pre_commit_runs(
         _run(cmd, work, env)  # builds the hook's environment, fills the cache
     target = work / TARGET
     original = target.read_text()
-
-    def edit(i: int) -> None:
-        target.write_text(original + f"\n_BENCHMARK_EDIT = {time.time_ns()} + {i}\n")
-
     results = {
         "pre-commit run, unchanged": best_of(run, work, env, repeat),
-        "pre-commit run, changed": best_of(run, work, env, repeat, before=edit),
+        "pre-commit run, changed": best_of(run, work, env, repeat, before=_editor(target)),
     }
     target.write_text(original)
     results["pre-commit run, entry 'pass'"] = best_of([*run, "-c", str(bare)], work, env, repeat)
@@ -165,10 +173,7 @@ def _timed(
     hook: list[str], work: Path, env: dict[str, str], target: Path, repeat: int
 ) -> dict[str, tuple[float, float, str]]:
     original = target.read_text()
-
-    def edit(i: int) -> None:
-        target.write_text(original + f"\n_BENCHMARK_EDIT = {time.time_ns()} + {i}\n")
-
+    edit = _editor(target)
     results = {"kvguard, unchanged file": best_of(hook, work, env, repeat)}
     # -j 1: no lint helper (prefork), libcst imported after the cache load; the two
     # alternate, so that a change in the machine's load hits both alike

@@ -60,8 +60,9 @@ if TYPE_CHECKING:
     from kvguard.lint.checker import FileModel
     from kvguard.lint.registry import Report
 
-# 9: upper-case suppressions, syntax-error wording; 8: parameters that calls fill with a
-# cache (Unit.cache_params)
+# 12: ClassFacts.stores_no_value (KVG001's no-value evidence; 10 and 11 were versions of it
+# and of a withdrawn one); 9: upper-case suppressions, syntax-error wording; 8: parameters
+# that calls fill with a cache (Unit.cache_params)
 CACHE_VERSION = f"{__version__}-12"
 _ABORT_JOIN_S = 2.0  # how long a terminated worker may take to exit before it is killed
 _PARALLEL_MIN = 24  # files of real work below which worker processes cost more than they save

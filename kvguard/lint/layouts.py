@@ -283,12 +283,12 @@ def stores_no_value(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
             returns.append(node.value)
         elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            # an augmented or walrus binding makes the name something no call alone says
+            value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
             for target in targets:
                 for name in ast.walk(target):
                     if isinstance(name, ast.Name):
-                        bound.setdefault(name.id, []).append(
-                            node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
-                        )
+                        bound.setdefault(name.id, []).append(value)
 
     def no_value(value: ast.expr | None) -> bool:
         if isinstance(value, ast.Name):
